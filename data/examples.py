@@ -1,0 +1,269 @@
+"""Training rows: read files into validated `Example`s, each remembering its file and line for error messages.
+
+Formats (detected from the extension and the columns / keys):
+- BGE JSONL `{query, pos: [..], neg: [..], pos_scores?, neg_scores?, prompt?}` (FlagEmbedding's data contract);
+- pair / triplet JSONL or TSV/CSV with `anchor, positive[, negative]`;
+- NLI TSV/JSONL `sentence1, sentence2, gold_label`: labelled pairs for the `softmax` loss, or turned into
+  (premise, entailment, contradiction) groups for the contrastive losses;
+- scored pairs TSV/JSONL `sentence1, sentence2, score` (e.g. STS): labelled pairs for the `cosine` loss;
+- a local `datasets` folder (`save_to_disk` output or a folder of data files) or a Hub dataset id, whose
+  rows follow any of the layouts above.
+Bad rows stop the run with `DataError("file:line: field ...: problem")`; with `skip_bad_rows` they are
+counted and reported instead, never dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file, the line and the field."""
+
+
+@dataclass
+class Example:
+    query: str
+    pos: list[str]
+    neg: list[str] = field(default_factory=list)
+    pos_scores: list[float] | None = None
+    neg_scores: list[float] | None = None
+    prompt: str | None = None
+    label: float | int | None = None  # NLI class id (softmax loss) or a 0-1 similarity (cosine loss)
+    source: str = ""  # "file:line", for messages
+    dataset: int = 0  # index of the training file it came from (same-dataset batches, per-file weights)
+
+
+@dataclass
+class LoadReport:
+    """What reading produced and what it left out, with the reasons counted."""
+
+    rows: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.rows} rows read"]
+        if self.skipped:
+            lines.append(f"{sum(self.skipped.values())} rows skipped: " +
+                         "; ".join(f"{n} × {why}" for why, n in self.skipped.most_common()))
+        return "\n".join(lines + self.notes)
+
+
+# ------------------------------------------------------------------------------------------ raw rows
+def iter_raw_rows(path: str):
+    """Yield (line_number, dict) from a JSONL / TSV / CSV file, a datasets folder or a Hub dataset id."""
+    if os.path.isdir(path):
+        yield from _iter_dataset(path)
+        return
+    if not os.path.exists(path):
+        if _looks_like_hub_id(path):
+            yield from _iter_dataset(path)
+            return
+        raise DataError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: file is empty")
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, encoding="utf-8") as f:
+        if ext in (".jsonl", ".json"):
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                yield n, row
+        elif ext in (".tsv", ".csv", ".txt"):
+            # TSV fields are taken verbatim (QUOTE_NONE): NLI/STS sentences contain literal quote characters.
+            reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext != ".csv" else csv.reader(f))
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: file is empty")
+            header = [h.strip() for h in header]
+            for n, values in enumerate(reader, start=2):
+                if not values or not any(v.strip() for v in values):
+                    continue
+                if len(values) != len(header):
+                    raise DataError(f"{path}:{n}: {len(values)} columns, header has {len(header)} ({', '.join(header)})")
+                yield n, dict(zip(header, values))
+        else:
+            raise DataError(f"{path}: unknown file type {ext!r} (use .jsonl, .tsv or .csv, or a datasets folder)")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") <= 1 and not path.startswith((".", "/")) and "." not in os.path.basename(path)
+
+
+def _iter_dataset(path: str):
+    import datasets
+
+    if os.path.isdir(path) and (os.path.exists(os.path.join(path, "dataset_info.json"))
+                                or os.path.exists(os.path.join(path, "state.json"))
+                                or os.path.exists(os.path.join(path, "dataset_dict.json"))):
+        ds = datasets.load_from_disk(path)
+    else:
+        ds = datasets.load_dataset(path)
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise DataError(f"{path}: dataset has splits {list(ds)} but no 'train' split")
+        ds = ds["train"]
+    for n, row in enumerate(ds, start=1):
+        yield n, dict(row)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _text(row, key, where, required=True):
+    value = row.get(key)
+    if value is None or value == "":
+        if required:
+            raise DataError(f"{where}: field '{key}' is missing or empty")
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _text_list(row, key, where, required):
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise DataError(f"{where}: field '{key}' is missing")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise DataError(f"{where}: field '{key}' must be a list of non-empty strings, got {json.dumps(value, ensure_ascii=False)[:80]}")
+    if required and not value:
+        raise DataError(f"{where}: field '{key}' is an empty list")
+    return value
+
+
+def _score_list(row, key, length, texts_key, where):
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise DataError(f"{where}: field '{key}' must be a list of numbers")
+    if len(value) != length:
+        raise DataError(f"{where}: field '{key}' has {len(value)} scores but '{texts_key}' has {length} texts")
+    return [float(v) for v in value]
+
+
+def _row_kind(row: dict, where: str) -> str:
+    if "query" in row:
+        return "group"
+    if "anchor" in row:
+        return "anchor"
+    if "sentence1" in row and "sentence2" in row:
+        if "gold_label" in row:
+            return "nli"
+        if "score" in row:
+            return "scored"
+        if "label" in row:
+            return "nli" if isinstance(row["label"], str) and row["label"] in NLI_LABELS else "scored_label"
+    raise DataError(f"{where}: cannot tell the row's format from its fields {sorted(row)}; expected query/pos, "
+                    "anchor/positive, sentence1/sentence2/gold_label or sentence1/sentence2/score")
+
+
+def parse_row(row: dict, where: str, score_max: float = 5.0):
+    """One raw row -> ("group", Example) | ("nli", Example with label) | ("scored", Example with 0-1 label)."""
+    kind = _row_kind(row, where)
+    if kind == "group":
+        query = _text(row, "query", where)
+        pos = _text_list(row, "pos", where, required=True)
+        neg = _text_list(row, "neg", where, required=False)
+        prompt = _text(row, "prompt", where, required=False)
+        return "group", Example(query, pos, neg, _score_list(row, "pos_scores", len(pos), "pos", where),
+                                _score_list(row, "neg_scores", len(neg), "neg", where), prompt, source=where)
+    if kind == "anchor":
+        neg = _text(row, "negative", where, required=False)
+        return "group", Example(_text(row, "anchor", where), [_text(row, "positive", where)], [neg] if neg else [],
+                                source=where)
+    s1, s2 = _text(row, "sentence1", where), _text(row, "sentence2", where)
+    if kind == "nli":
+        raw = row.get("gold_label", row.get("label"))
+        if raw not in NLI_LABELS:
+            raise DataError(f"{where}: field 'gold_label' must be one of {sorted(NLI_LABELS)}, got {raw!r}")
+        return "nli", Example(s1, [s2], label=NLI_LABELS[raw], source=where)
+    raw = row.get("score", row.get("label"))
+    try:
+        score = float(raw)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: field 'score' must be a number, got {raw!r}") from None
+    label = score / score_max
+    if not 0.0 <= label <= 1.0:
+        raise DataError(f"{where}: field 'score' {score} is outside [0, {score_max}] (set --score-max)")
+    return "scored", Example(s1, [s2], label=label, source=where)
+
+
+# ------------------------------------------------------------------------------------------ conversion
+def nli_to_groups(pairs: list[Example], report: LoadReport) -> list[Example]:
+    """NLI pairs -> one group per premise: entailments are positives, contradictions hard negatives.
+
+    Neutral hypotheses are not used; premises with no entailment cannot form a group and are reported.
+    """
+    by_premise: dict[str, Example] = {}
+    for ex in pairs:
+        group = by_premise.setdefault(ex.query, Example(ex.query, [], [], source=ex.source, dataset=ex.dataset))
+        if ex.label == NLI_LABELS["entailment"]:
+            group.pos.append(ex.pos[0])
+        elif ex.label == NLI_LABELS["contradiction"]:
+            group.neg.append(ex.pos[0])
+    groups = [g for g in by_premise.values() if g.pos]
+    if len(groups) < len(by_premise):
+        report.notes.append(f"NLI → groups: {len(by_premise) - len(groups)} premises have no entailment "
+                            "hypothesis and form no group")
+    report.notes.append(f"NLI → groups: {len(pairs)} pairs became {len(groups)} (premise, entailments, "
+                        "contradictions) groups; neutral pairs are not used")
+    return groups
+
+
+def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+                  skip_bad_rows: bool = False) -> tuple[list[Example], LoadReport]:
+    """Read and validate every row of every file before training starts.
+
+    pair_kind=None (contrastive losses): rows must be groups (BGE / anchor-positive) or NLI (converted).
+    pair_kind="nli" (softmax loss) or "scored" (cosine loss): rows must be labelled pairs of that kind.
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    report = LoadReport()
+    examples: list[Example] = []
+    for file_index, path in enumerate(paths):
+        by_kind: dict[str, list[Example]] = {"group": [], "nli": [], "scored": []}
+        for n, row in iter_raw_rows(path):
+            where = f"{path}:{n}"
+            try:
+                kind, ex = parse_row(row, where, score_max)
+            except DataError as e:
+                if not skip_bad_rows:
+                    raise
+                report.skipped[str(e).split(": ", 1)[1]] += 1
+                continue
+            ex.dataset = file_index
+            by_kind[kind].append(ex)
+            report.rows += 1
+        found = [k for k, v in by_kind.items() if v]
+        if not found:
+            raise DataError(f"{path}: no usable rows")
+        if len(found) > 1:
+            raise DataError(f"{path}: mixes row formats {found}; use one format per file")
+        kind = found[0]
+        if pair_kind:
+            if kind != pair_kind:
+                need = "sentence1, sentence2, gold_label" if pair_kind == "nli" else "sentence1, sentence2, score"
+                raise DataError(f"{path}: this loss trains on labelled pairs ({need}); the file holds {kind} rows")
+            examples.extend(by_kind[kind])
+        elif kind == "nli":
+            examples.extend(nli_to_groups(by_kind["nli"], report))
+        elif kind == "scored":
+            raise DataError(f"{path}: contrastive losses need query/positive data; the file holds scored pairs "
+                            "(train it with --loss cosine)")
+        else:
+            examples.extend(by_kind["group"])
+    return examples, report

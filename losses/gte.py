@@ -1,0 +1,55 @@
+"""GTE's improved InfoNCE with a bidirectional, enlarged partition (Li et al. 2023, arXiv:2308.03281, eq. 3).
+
+    L = -1/n Σ_i log( e^{s(q_i, d_i)} / Z_i ),   s(a, b) = cos(a, b) / τ
+    Z_i =   Σ_j      e^{s(q_i, d_j)}     "qd": query i against every passage of the batch
+          + Σ_{j≠i}  e^{s(q_i, q_j)}     "qq": query i against every other query
+          + Σ_j      e^{s(q_j, d_i)}     "dq": positive d_i against every query (j = i included, as in the paper)
+          + Σ_{j≠i}  e^{s(d_i, d_j)}     "dd": positive d_i against every other passage of the batch
+
+How hard negatives enter: passages come in groups of G (1 positive + G-1 hard negatives). In "qd" and "dd" the
+index j runs over all N*G passages, hard negatives included (in "dd" only d_i itself is left out, so d_i is
+pushed away from its own and other queries' hard negatives). "qq" and "dq" run over the N queries only;
+queries have no hard negatives. With G = 1 this is exactly the paper's formula. Terms can be switched off
+with `directions`; "qd" always stays (it holds the numerator's term). τ defaults to 0.01 as in GTE.
+
+Inputs as in `losses/infonce.py`: q [N, D], p [N*G, D] group-major, `rows` = queries owned by this process.
+"""
+import torch
+from torch import nn
+
+from losses.similarity import cos_sim, local_rows
+
+DIRECTIONS = ("qd", "qq", "dq", "dd")
+
+
+class GTELoss(nn.Module):
+    in_batch = True
+    needs = frozenset()
+
+    def __init__(self, temperature: float = 0.01, directions=DIRECTIONS):
+        super().__init__()
+        directions = tuple(directions)
+        unknown = set(directions) - set(DIRECTIONS)
+        if unknown or "qd" not in directions:
+            raise ValueError(f"gte directions must include 'qd' and be among {DIRECTIONS}, got {directions}")
+        self.temperature = temperature
+        self.directions = directions
+
+    def forward(self, q, p, *, rows: slice | None = None, **_) -> torch.Tensor:
+        n_queries, group = q.shape[0], p.shape[0] // q.shape[0]
+        idx = local_rows(rows, n_queries).to(q.device)  # [n]
+        pos_col = idx * group  # column of d_i among the passages, [n]
+        d = p[pos_col]  # positives of the local queries, [n, D]
+        arange = torch.arange(len(idx), device=q.device)
+        qd = cos_sim(q[idx], p) / self.temperature  # [n, N*G]
+        parts = [qd]
+        if "qq" in self.directions:
+            qq = cos_sim(q[idx], q) / self.temperature  # [n, N]
+            parts.append(qq.index_put((arange, idx), torch.tensor(float("-inf"), device=q.device)))
+        if "dq" in self.directions:
+            parts.append(cos_sim(d, q) / self.temperature)  # [n, N]
+        if "dd" in self.directions:
+            dd = cos_sim(d, p) / self.temperature  # [n, N*G]
+            parts.append(dd.index_put((arange, pos_col), torch.tensor(float("-inf"), device=q.device)))
+        log_z = torch.logsumexp(torch.cat(parts, dim=1), dim=1)  # [n]
+        return (log_z - qd[arange, pos_col]).mean()

