@@ -2,6 +2,7 @@
 
     python train.py --model PATH_OR_ID --train-data data.jsonl --loss gte --output-dir out
     torchrun --nproc_per_node 8 train.py ...      (same script; in-batch negatives are gathered across GPUs)
+    torchrun --nproc_per_node 8 train.py ... --deepspeed configs/deepspeed/zero2.json --grad-cache-chunk 64
 
 The finished model is written to --output-dir (safetensors, tokenizer, sentence-transformers files);
 checkpoints go to --output-dir/checkpoint-<step>/. Run `python train.py --help` for every option.
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -26,11 +27,13 @@ from cli_config import parse_config
 from data.collator import Collator
 from data.examples import DataError, load_examples
 from data.groups import GroupedDataset
-from data.sampler import GlobalBatchSampler
+from data.bucket_sampler import build_train_sampler, check_sampler_options
 from losses import LOSS_NAMES, PAIR_LOSSES, build_loss
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
-from training.gather import gather_rows
+from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config
+from training.even_steps import common_batch_count
+from training.step import train_step
 
 
 def opt(default, help: str):
@@ -59,6 +62,14 @@ class TrainConfig:
     score_max: float = opt(5.0, "scored pairs (cosine loss): label = score / score_max")
     skip_bad_rows: bool = opt(False, "skip invalid rows (counted and reported) instead of stopping")
     num_workers: int = opt(0, "DataLoader worker processes")
+    length_buckets: bool = opt(True, "batch examples of similar token length (BGE-style buckets; far less padding)")
+    num_buckets: int = opt(8, "length buckets of about equal size (unless --bucket-boundaries is given)")
+    bucket_boundaries: list[int] = opt([], "inclusive upper token lengths of the buckets, e.g. 32 64 128 256")
+    same_dataset_batches: bool = opt(False, "draw every global batch from one --train-data file (BGE's "
+                                            "same_dataset_within_batch)")
+    dataset_weights: list[float] = opt([], "sampling weight per --train-data file (needs --same-dataset-batches)")
+    dedup_batches: bool = opt(True, "keep repeated query / positive / hard-negative texts out of a global batch "
+                                    "(in-batch-negative losses)")
     # loss
     loss: str = opt("infonce", f"one of {', '.join(LOSS_NAMES)}")
     temperature: float = opt(0.02, "τ in s = cos/τ (infonce, gte, distill)")
@@ -77,7 +88,11 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_ratio: float = opt(0.1, "linear warm-up over this fraction of the steps, then linear decay to 0")
     max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)")
-    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step (adds no negatives)")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step (adds no negatives; "
+                                               "use --grad-cache-chunk for bigger contrastive batches)")
+    grad_cache_chunk: int = opt(0, "GradCache: embed the batch in chunks of N sequences (0 = off); same "
+                                   "gradients, activation memory of N sequences")
+    deepspeed: str = opt(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json) to train with DeepSpeed")
     mixed_precision: str = opt("auto", "no | bf16 | fp16 | auto (bf16 on a GPU that has it, else no)")
     seed: int = opt(42, "seed for weights of new layers, sampling and negatives")
     # output
@@ -101,10 +116,32 @@ def main(cfg: TrainConfig) -> dict:
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed,
+    if cfg.grad_cache_chunk < 0:
+        raise SystemExit(f"--grad-cache-chunk must be ≥ 0 (0 = off), got {cfg.grad_cache_chunk}")
+    ds_limits = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                     max_grad_norm=cfg.max_grad_norm, mixed_precision=mixed,
+                     world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    ds_plugin = None
+    if cfg.deepspeed:  # else `accelerate launch` with a DeepSpeed accelerate config may still switch it on
+        ds_config = resolve_deepspeed_config(load_deepspeed_config(cfg.deepspeed), source=cfg.deepspeed, **ds_limits)
+        ds_plugin = DeepSpeedPlugin(hf_ds_config=ds_config, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                    gradient_clipping=cfg.max_grad_norm)
+    use_deepspeed = ds_plugin is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    # DeepSpeed on CPU (the tests): cpu=True would drop DeepSpeed, and without a named backend accelerate counts
+    # one process while DeepSpeed runs gloo over all of them
+    cpu_deepspeed = use_deepspeed and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
+                              mixed_precision=mixed, deepspeed_plugin=ds_plugin,
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               project_dir=os.path.join(cfg.output_dir, "runs"))
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and ds_plugin is None:  # config from `accelerate launch`: same checks, filled in place
+        plugin = accelerator.state.deepspeed_plugin
+        plugin.deepspeed_config.update(resolve_deepspeed_config(
+            plugin.deepspeed_config, source="the accelerate DeepSpeed config",
+            **{**ds_limits, "world_size": accelerator.num_processes}))
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
     log = accelerator.print
@@ -118,8 +155,8 @@ def main(cfg: TrainConfig) -> dict:
         examples, report = load_examples(cfg.train_data, pair_kind={"softmax": "nli", "cosine": "scored"}.get(cfg.loss),
                                          score_max=cfg.score_max, skip_bad_rows=cfg.skip_bad_rows)
         dataset = GroupedDataset(examples, group_size, cfg.seed, needs_scores=cfg.loss == "distill")
-        sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, accelerator.process_index,
-                                     accelerator.num_processes)
+        check_sampler_options(len(cfg.train_data), cfg.dataset_weights, cfg.same_dataset_batches,
+                              cfg.bucket_boundaries)  # the sampler itself needs the tokenizer (below)
     except (DataError, ValueError) as e:
         raise SystemExit(f"data error: {e}") from None
     log(report.summary())
@@ -134,28 +171,53 @@ def main(cfg: TrainConfig) -> dict:
         model = BiEncoder.from_pretrained(cfg.model, cfg.attn_implementation, **settings)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if getattr(model.backbone, "pooler", None) is not None:  # BERT's pooler never reaches our loss: freeze it so
+        model.backbone.pooler.requires_grad_(False)          # DDP does not wait for its gradients (and saves it as is)
     s = model.settings
     collate = Collator(model.tokenizer, s.query_max_len, s.passage_max_len, s.query_prompt, s.passage_prompt)
+    try:  # one global batch per step, sliced per process: length buckets, same-file batches, no duplicate texts
+        sampler = build_train_sampler(
+            examples, model.tokenizer, s, batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index,
+            world_size=accelerator.num_processes, length_buckets=cfg.length_buckets, num_buckets=cfg.num_buckets,
+            boundaries=cfg.bucket_boundaries, same_dataset=cfg.same_dataset_batches,
+            dataset_weights=cfg.dataset_weights, dedup=cfg.dedup_batches and not pair_loss,
+            file_names=cfg.train_data, progress=is_main)
+    except ValueError as e:
+        raise SystemExit(f"data error: {e}") from None
+    log(sampler.describe())
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
     loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
                          distill_base=cfg.distill_base, distill_weight=cfg.distill_weight,
                          distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
                          mnrl_scale=cfg.mnrl_scale)
     gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
+    if cfg.cross_device and loss_fn.in_batch and accelerator.num_processes == 1:
+        log("note: one process, so --cross-device has nothing to gather (in-batch negatives are this batch's)")
+    if cfg.grad_cache_chunk:
+        sequences = cfg.batch_size * max(group_size, 1)  # the larger side: passages
+        if cfg.grad_cache_chunk >= sequences:
+            raise SystemExit(f"--grad-cache-chunk {cfg.grad_cache_chunk} is not smaller than the batch's "
+                             f"{cfg.batch_size} queries × {group_size} passages = {sequences} passages: nothing to "
+                             f"chunk; lower it (e.g. {max(1, sequences // 4)}) or drop the flag")
+    if deepspeed and any(True for _ in loss_fn.parameters()):
+        raise SystemExit(f"--loss {cfg.loss} has trainable parameters outside the encoder, which the DeepSpeed "
+                         f"engine does not hold; train it without DeepSpeed")
 
     # ------------------------------------------------------------------ optimizer and schedule
-    steps_per_epoch = len(sampler) // cfg.gradient_accumulation_steps
+    batches_per_epoch = common_batch_count(len(loader))  # the same on every process: no hang at an epoch's end
+    steps_per_epoch = batches_per_epoch // cfg.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise SystemExit(f"one epoch has {len(sampler)} batches, fewer than --gradient-accumulation-steps "
                          f"{cfg.gradient_accumulation_steps}")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    named = list(model.named_parameters()) + [("loss." + n, p) for n, p in loss_fn.named_parameters()]
+    named = [(n, p) for n, p in list(model.named_parameters()) + [("loss." + n, p) for n, p in loss_fn.named_parameters()]
+             if p.requires_grad]
     groups = [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    if any(True for _ in loss_fn.parameters()):
+    if any(True for _ in loss_fn.parameters()):  # (never under DeepSpeed, which wraps exactly one module)
         model, loss_fn, optimizer, scheduler = accelerator.prepare(model, loss_fn, optimizer, scheduler)
     else:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -163,7 +225,10 @@ def main(cfg: TrainConfig) -> dict:
         accelerator.init_trackers("train", config={k: str(v) for k, v in asdict(cfg).items()})
     log(f"{len(dataset)} examples, {len(sampler)} batches/epoch of {cfg.batch_size}×{accelerator.num_processes} "
         f"queries × {group_size} passages; {total_steps} optimizer steps; loss {cfg.loss}"
-        f"{' with cross-device negatives' if gather else ''}; device {accelerator.device}, precision {mixed}")
+        f"{' with cross-device negatives' if gather else ''}"
+        f"{f'; GradCache chunks of {cfg.grad_cache_chunk}' if cfg.grad_cache_chunk else ''}"
+        f"{f'; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}' if deepspeed else ''}"
+        f"; device {accelerator.device}, precision {mixed}")
 
     # ------------------------------------------------------------------ loop
     def batches():
@@ -172,7 +237,9 @@ def main(cfg: TrainConfig) -> dict:
         while True:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
-            for batch in loader:
+            for i, batch in enumerate(loader):
+                if i == batches_per_epoch:  # a process with more batches than the others stops with them
+                    break
                 yield epoch, batch
             epoch += 1
 
@@ -184,19 +251,14 @@ def main(cfg: TrainConfig) -> dict:
         batch = {k: ({kk: vv.to(accelerator.device) for kk, vv in v.items()} if isinstance(v, dict)
                      else v.to(accelerator.device)) for k, v in batch.items()}
         with accelerator.accumulate(model):
-            with accelerator.autocast():
-                q, p = model(query=batch["query"], passage=batch["passage"])  # [B, D], [B*G, D]
-            rows = None
-            if gather:
-                q, p, rows = gather_rows(q, p)  # [W*B, D], [W*B*G, D]
-            loss = loss_fn(q, p, rows=rows, labels=batch.get("labels"), teacher_scores=batch.get("teacher_scores"))
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+            # embed [B, D] + [B*G, D], gather to [W*B, D] + [W*B*G, D], loss, backward (in chunks with GradCache)
+            loss = train_step(accelerator, model, loss_fn, batch, gather, cfg.grad_cache_chunk)
+            if accelerator.sync_gradients and cfg.max_grad_norm > 0:  # (DeepSpeed clips inside its step)
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        window_losses.append(loss.detach().float())
+        window_losses.append(loss.float())
         window_pairs += batch["query"]["input_ids"].shape[0]
         window_tokens += int(batch["query"]["attention_mask"].sum() + batch["passage"]["attention_mask"].sum())
         if not accelerator.sync_gradients:
@@ -279,5 +341,20 @@ def save_checkpoint(accelerator, model, cfg: TrainConfig, step: int, epoch: int)
     accelerator.wait_for_everyone()
 
 
+def _strip_launcher_args(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher appends --local_rank=N; the rank is also in the environment (LOCAL_RANK)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--local_rank", "--local-rank"):
+            skip = True
+        elif not a.startswith(("--local_rank=", "--local-rank=")):
+            out.append(a)
+    return out
+
+
 if __name__ == "__main__":
-    main(parse_config(TrainConfig, description=__doc__.split("\n")[0]))
+    import sys
+
+    main(parse_config(TrainConfig, _strip_launcher_args(sys.argv[1:]), description=__doc__.split("\n")[0]))

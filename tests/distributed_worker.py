@@ -1,0 +1,145 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU); writes its findings as JSON.
+
+For every loss × (plain step, GradCache step), both processes run train.py's `train_step` on their half of one
+global batch, with cross-device negatives, under DDP (accelerate, as train.py does). Every process also runs the
+reference: the same model, not distributed, on the whole global batch in one piece. Rank 0 records the largest
+differences of the loss (mean of the two processes' losses) and of every parameter gradient (after DDP's
+averaging). The test asserts; this script only measures.
+
+Also measured: FlagEmbedding's convention (a plain all_gather, where only the local slice carries gradient),
+which must come out wrong, so the comparison is known to be able to fail; and the per-epoch batch count
+that the processes agree on when their data is uneven.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from accelerate import Accelerator  # noqa: E402
+from transformers import BertConfig, BertModel  # noqa: E402
+
+from losses import build_loss  # noqa: E402
+from models.bi_encoder import BiEncoder, EncoderSettings  # noqa: E402
+from training.even_steps import common_batch_count  # noqa: E402
+from training.step import train_step  # noqa: E402
+
+B, G, LQ, LP, VOCAB = 3, 3, 8, 12, 200  # per-process queries, group size (1 positive + 2 hard negatives)
+CASES = {  # name -> build_loss kwargs
+    "infonce": dict(name="infonce", temperature=0.05),
+    "gte": dict(name="gte", temperature=0.05),
+    "distill_kl": dict(name="distill", temperature=0.05, distill_base="infonce", distill_mode="kl"),
+    "distill_m3": dict(name="distill", temperature=0.05, distill_base="gte", distill_mode="m3", distill_weight=0.5),
+}
+CHUNK = 4  # GradCache chunk: 3 queries -> 1 chunk, 9 passages -> 3 chunks (4, 4, 1)
+
+
+def tiny_model() -> BiEncoder:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32)
+    model = BiEncoder(BertModel(config), None, EncoderSettings())
+    model.backbone.pooler.requires_grad_(False)  # unused by the loss; train.py freezes it the same way
+    return model
+
+
+def tokens(n: int, length: int, gen: torch.Generator) -> dict:
+    ids = torch.randint(5, VOCAB, (n, length), generator=gen)
+    lengths = torch.randint(2, length + 1, (n,), generator=gen)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # right padding of varied length
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def global_batch(world: int) -> dict:
+    gen = torch.Generator().manual_seed(1234)  # the same on every process
+    return {"query": tokens(world * B, LQ, gen), "passage": tokens(world * B * G, LP, gen),
+            "teacher_scores": torch.randn(world * B, G, generator=gen) * 3}  # [W*B, G]
+
+
+def local_part(batch: dict, rank: int) -> dict:
+    q, p = slice(rank * B, (rank + 1) * B), slice(rank * B * G, (rank + 1) * B * G)
+    return {"query": {k: v[q] for k, v in batch["query"].items()},
+            "passage": {k: v[p] for k, v in batch["passage"].items()},
+            "teacher_scores": batch["teacher_scores"][q]}
+
+
+def reference(model: BiEncoder, loss_fn, batch: dict):
+    """One process, whole global batch, one forward: the gradient every distributed run must reproduce."""
+    model.zero_grad()
+    q, p = model(query=batch["query"], passage=batch["passage"])  # [W*B, D], [W*B*G, D]
+    loss = loss_fn(q, p, teacher_scores=batch["teacher_scores"])
+    loss.backward()
+    return loss.item(), {n: w.grad.clone() for n, w in model.named_parameters() if w.requires_grad}
+
+
+def max_diffs(loss, grads, ref_loss, ref_grads) -> dict:
+    worst = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
+    scale = max(g.abs().max().item() for g in ref_grads.values())
+    close = all(torch.allclose(grads[n], g, atol=1e-5, rtol=1e-5) for n, g in ref_grads.items())
+    return {"loss": loss, "ref_loss": ref_loss, "loss_diff": abs(loss - ref_loss), "grad_max_diff": worst,
+            "grad_max_abs": scale, "grads_close": close}
+
+
+def distributed_run(accelerator, base_model, loss_fn, batch, chunk, gather_fn=None):
+    model = accelerator.prepare(copy.deepcopy(base_model))
+    model.eval()  # no dropout: the reference draws its masks in one piece, so they could not match
+    local = local_part(batch, accelerator.process_index)
+    if gather_fn is None:
+        loss = train_step(accelerator, model, loss_fn, local, gather=True, grad_cache_chunk=chunk)
+    else:  # an alternative gathering convention, same loss
+        with accelerator.autocast():
+            q, p = model(query=local["query"], passage=local["passage"])
+        q, p, rows = gather_fn(q), gather_fn(p), slice(accelerator.process_index * B, (accelerator.process_index + 1) * B)
+        loss = loss_fn(q, p, rows=rows, teacher_scores=local["teacher_scores"])
+        accelerator.backward(loss)
+        loss = loss.detach()
+    loss = loss.clone()
+    dist.all_reduce(loss)
+    loss = loss.item() / accelerator.num_processes  # global loss = mean of the processes' means
+    unwrapped = accelerator.unwrap_model(model)
+    return loss, {n: w.grad.clone() for n, w in unwrapped.named_parameters() if w.requires_grad}
+
+
+def flagembedding_gather(x: torch.Tensor) -> torch.Tensor:
+    """all_gather without autograd, own slice swapped back in: gradient flows only through local rows."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def main(out_path: str) -> None:
+    accelerator = Accelerator(cpu=True)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batch = global_batch(world)
+    base = tiny_model()
+    results = {"world": world, "cases": {}}
+    for case, kwargs in CASES.items():
+        kwargs = dict(kwargs)
+        loss_fn = build_loss(kwargs.pop("name"), dim=base.dim, **kwargs)
+        ref_model = copy.deepcopy(base).eval()
+        ref_loss, ref_grads = reference(ref_model, loss_fn, batch)
+        for chunk in (0, CHUNK):
+            loss, grads = distributed_run(accelerator, base, loss_fn, batch, chunk)
+            results["cases"][f"{case}/{'grad_cache' if chunk else 'plain'}"] = max_diffs(loss, grads, ref_loss, ref_grads)
+        if case == "infonce":
+            loss, grads = distributed_run(accelerator, base, loss_fn, batch, 0, gather_fn=flagembedding_gather)
+            results["flagembedding_infonce"] = max_diffs(loss, grads, ref_loss, ref_grads)
+    results["common_batch_count"] = common_batch_count(5 if rank == 0 else 3)
+    counts = [None] * world
+    dist.all_gather_object(counts, results["common_batch_count"])
+    results["common_batch_count_all"] = counts
+    if rank == 0:
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
