@@ -3,6 +3,8 @@
 Reference files look like `/work/shared/data/reference/all-MiniLM-L6-v2.json`:
 `{"tasks": {name: {"file": relative path, "split": ..., "metric": ..., "score": ...}}}`. A task matches a
 reference entry by name, or — for local tasks — when its file/folder path ends with the entry's `file`.
+An earlier run's own `summary.json` (`{name: {"metric", "split", "main_score"}}`) works as a reference too, which
+is how before/after tables are made.
 """
 from __future__ import annotations
 
@@ -46,14 +48,18 @@ def _mean_over_subsets(result, split: str, key: str) -> float:
 
 
 def load_reference(path: str | Path) -> dict[str, dict]:
-    """The `tasks` mapping of a reference score file (validated: each entry needs metric, split, score)."""
+    """The `tasks` mapping of a reference score file, or an earlier summary.json read as one (validated: each
+    entry needs metric, split, score)."""
     path = Path(path)
     if not path.is_file():
         raise TaskFileNotFoundError(path, "a reference score file ({\"tasks\": {name: {metric, split, score}}})")
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8")).get("tasks")
+        content = json.loads(path.read_text(encoding="utf-8"))
+        tasks = content.get("tasks")
     except (json.JSONDecodeError, AttributeError) as err:
         raise TaskDataError(path, f"not a JSON object with a 'tasks' mapping ({err})") from None
+    if tasks is None and content and all(isinstance(e, dict) and "main_score" in e for e in content.values()):
+        tasks = {name: {**entry, "score": entry["main_score"]} for name, entry in content.items()}  # a summary.json
     if not isinstance(tasks, dict) or not tasks:
         raise TaskDataError(path, "expected a non-empty 'tasks' mapping")
     for name, entry in tasks.items():

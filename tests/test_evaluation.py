@@ -32,7 +32,7 @@ from evaluation.local_tasks import (  # noqa: E402
     LocalSTSTask,
 )
 from evaluation.mteb_encoder import BiEncoderForMTEB, checkpoint_revision  # noqa: E402
-from evaluation.summary import add_reference, format_table, match_reference  # noqa: E402
+from evaluation.summary import add_reference, format_table, load_reference, match_reference  # noqa: E402
 from evaluation.task_files import TaskDataError, TaskFileNotFoundError  # noqa: E402
 from evaluation.tasks import TaskSpecError, UnknownTaskError, build_tasks  # noqa: E402
 from models.bi_encoder import BiEncoder  # noqa: E402
@@ -438,3 +438,17 @@ def test_reference_matching_by_name_or_file_suffix(tmp_path):
     assert summary["scifact"]["reference"]["delta"] == pytest.approx(0.05)  # compared on the reference's metric
     table = format_table(summary)
     assert "+0.05000" in table and "(map_at_10)" in table
+
+
+def test_an_earlier_summary_json_serves_as_reference(tmp_path):
+    before = {"heldout-sts": {"metric": "cosine_spearman", "split": "test", "main_score": 0.7, "file": "a/b.tsv"}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(before))
+    reference = load_reference(path)
+    assert reference["heldout-sts"]["score"] == 0.7
+    after = {"heldout-sts": {"metric": "cosine_spearman", "split": "test", "main_score": 0.75, "file": "a/b.tsv"}}
+    add_reference(after, [], reference)
+    assert after["heldout-sts"]["reference"]["delta"] == pytest.approx(0.05)
+    path.write_text(json.dumps({"heldout-sts": {"metric": "cosine_spearman"}}))  # neither format
+    with pytest.raises(TaskDataError, match="tasks"):
+        load_reference(path)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses import CosineLoss, DistillLoss, GTELoss, InfoNCELoss
+from losses import CosineLoss, DistillLoss, GTELoss, InfoNCELoss, MNRLoss, SoftmaxNLILoss
 
 
 def _cos(a, b):
@@ -109,3 +109,97 @@ def test_rows_select_local_queries():
     full = InfoNCELoss(0.1)(q, p)
     halves = (InfoNCELoss(0.1)(q, p, rows=slice(0, 2)) + InfoNCELoss(0.1)(q, p, rows=slice(2, 4))) / 2
     assert full.item() == pytest.approx(halves.item(), rel=1e-6)
+
+
+def ref_m3(q, p, t, tau, tau_t):
+    """-1/n Σ_i Σ_g p_ig log softmax_j(s(q_i, d_j))[i*G+g], j over every passage of the batch."""
+    n, g = len(q), len(p) // len(q)
+    total = 0.0
+    for i in range(n):
+        z = sum(math.exp(_cos(q[i], p[j]) / tau) for j in range(len(p)))
+        zt = sum(math.exp(x / tau_t) for x in t[i])
+        for k in range(g):
+            total -= math.exp(t[i][k] / tau_t) / zt * (_cos(q[i], p[i * g + k]) / tau - math.log(z))
+    return total / n
+
+
+def ref_softmax_nli(u, v, weight, bias, labels):
+    total = 0.0
+    for a, b, y in zip(u, v, labels):
+        features = list(a) + list(b) + [abs(x - z) for x, z in zip(a, b)]
+        logits = [sum(w * f for w, f in zip(row, features)) + c for row, c in zip(weight, bias)]
+        total += -(logits[y] - math.log(sum(math.exp(x) for x in logits)))
+    return total / len(u)
+
+
+def ref_cosine(u, v, labels):
+    return sum((_cos(a, b) - y) ** 2 for a, b, y in zip(u, v, labels)) / len(u)
+
+
+def _check_value_and_grads(loss_value, qv, pv, ref, q, p):
+    loss_value.backward()
+    assert loss_value.item() == pytest.approx(ref(q.tolist(), p.tolist()), rel=1e-5, abs=1e-7)
+    gq, gp = _numeric_grad(ref, q.clone(), p.clone())
+    torch.testing.assert_close(qv.grad, gq, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pv.grad, gp, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_distill_m3_matches_reference(group):
+    torch.manual_seed(3)
+    n, dim, tau, tau_t = 3, 4, 0.5, 0.7
+    q, p = torch.randn(n, dim, dtype=torch.float64), torch.randn(n * group, dim, dtype=torch.float64)
+    t = torch.randn(n, group, dtype=torch.float64)
+    qv, pv = q.clone().requires_grad_(), p.clone().requires_grad_()
+    value = DistillLoss(None, 1.0, tau, tau_t, "m3")(qv, pv, teacher_scores=t)
+    _check_value_and_grads(value, qv, pv, lambda a, b: ref_m3(a, b, t.tolist(), tau, tau_t), q, p)
+
+
+def test_distill_adds_weighted_kd_to_its_base():
+    torch.manual_seed(4)
+    q, p, t = torch.randn(3, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.randn(3, 2)
+    both = DistillLoss(GTELoss(0.5), 0.3, 0.5, 1.0, "kl")(q, p, teacher_scores=t).item()
+    expected = ref_gte(q.tolist(), p.tolist(), 0.5) + 0.3 * ref_kl(q.tolist(), p.tolist(), t.tolist(), 0.5, 1.0)
+    assert both == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="teacher scores"):
+        DistillLoss(None)(q, p)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_mnrl_is_infonce_with_scale_20(group):
+    torch.manual_seed(5)
+    q, p = torch.randn(3, 4, dtype=torch.float64), torch.randn(3 * group, 4, dtype=torch.float64)
+    qv, pv = q.clone().requires_grad_(), p.clone().requires_grad_()
+    _check_value_and_grads(MNRLoss()(qv, pv), qv, pv, lambda a, b: ref_infonce(a, b, 1 / 20), q, p)
+
+
+def test_softmax_nli_matches_reference():
+    torch.manual_seed(6)
+    n, dim = 4, 3
+    u, v = torch.randn(n, dim, dtype=torch.float64), torch.randn(n, dim, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 2])
+    loss_fn = SoftmaxNLILoss(dim).double()
+    weight, bias = loss_fn.classifier.weight.tolist(), loss_fn.classifier.bias.tolist()
+    uv, vv = u.clone().requires_grad_(), v.clone().requires_grad_()
+    ref = lambda a, b: ref_softmax_nli(a, b, weight, bias, labels.tolist())
+    _check_value_and_grads(loss_fn(uv, vv, labels=labels), uv, vv, ref, u, v)
+
+
+def test_cosine_loss_matches_reference():
+    torch.manual_seed(7)
+    u, v = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    labels = torch.tensor([0.1, 0.9, 0.5, 0.0], dtype=torch.float64)
+    uv, vv = u.clone().requires_grad_(), v.clone().requires_grad_()
+    _check_value_and_grads(CosineLoss()(uv, vv, labels=labels), uv, vv,
+                           lambda a, b: ref_cosine(a, b, labels.tolist()), u, v)
+
+
+def test_build_loss_names_and_errors():
+    from losses import LOSS_NAMES, build_loss
+
+    for name in LOSS_NAMES:
+        assert isinstance(build_loss(name, dim=8), torch.nn.Module)
+    with pytest.raises(ValueError, match="unknown loss 'triplet'"):
+        build_loss("triplet", dim=8)
+    with pytest.raises(ValueError, match="distill-base"):
+        build_loss("distill", dim=8, distill_base="mnrl")
