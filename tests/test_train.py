@@ -1,0 +1,119 @@
+"""train.py end to end on one process: the loss goes down on our sample data, the saved folder loads in
+sentence-transformers with the same embeddings, checkpoints rotate, configs parse, bad settings stop early."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_config import parse_config
+from models.bi_encoder import BiEncoder
+from tests.helpers import REPO, minilm_path
+from tests.tiny_run import make_tiny_run_files, train_args
+from train import TrainConfig, main
+
+SAMPLE = REPO / "data" / "sample"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model folder, small scored BGE file) from tests/tiny_run.py."""
+    return make_tiny_run_files(str(tmp_path_factory.mktemp("tiny")), minilm_path())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """60 steps of gte on the repo's bilingual sample with prompts, evaluated on its held-out STS pairs."""
+    out = str(tmp_path_factory.mktemp("trained") / "out")
+    cfg = parse_config(TrainConfig, train_args(tiny[0], str(SAMPLE / "train.jsonl"), out) + [
+        "--loss", "gte", "--group-size", "2", "--batch-size", "32", "--max-steps", "60", "--lr", "3e-3", "--temperature", "0.05",
+        "--warmup-ratio", "0.1", "--query-prompt", "query: ", "--passage-prompt", "passage: ",
+        "--eval-sts", str(SAMPLE / "heldout-sts.tsv"), "--save-steps", "20", "--save-total-limit", "1"])
+    return out, main(cfg)
+
+
+def test_loss_goes_down_on_the_sample(trained):
+    _, result = trained
+    losses = [h["loss"] for h in result["history"] if "loss" in h]
+    assert result["steps"] == 60 and len(losses) == 60
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, f"loss did not fall: first 5 steps {first:.3f}, last 5 {last:.3f}"
+    assert result["best_eval"] is not None and -1 <= result["best_eval"] <= 1
+
+
+def test_output_folder_layout_and_checkpoint_rotation(trained):
+    out = Path(trained[0])
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json",
+                 "config_sentence_transformers.json", "embedding_config.json", "train_config.json", "train_log.json"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-40"]  # 20 removed by the limit of 1
+    state = json.loads((out / "checkpoint-40" / "trainer_state.json").read_text())
+    assert state["step"] == 40 and (out / "checkpoint-40" / "model.safetensors").is_file()
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_sentence_transformers_loads_the_trained_folder_with_the_same_embeddings(trained):
+    from sentence_transformers import SentenceTransformer
+
+    out = trained[0]
+    ours = BiEncoder.from_pretrained(out).eval()
+    theirs = SentenceTransformer(out, device="cpu")
+    texts = ["오늘 아침에 학생이 공원에서 책을 읽고 있다.", "A pilot is drinking coffee at the airport tonight.", "short"]
+    for prompt_name, prompt in (("query", "query: "), ("document", "passage: ")):
+        assert theirs.prompts[prompt_name] == prompt
+        a = ours.encode(texts, prompt=prompt)
+        b = theirs.encode(texts, prompt_name=prompt_name, convert_to_tensor=True)
+        assert (torch.as_tensor(a) - b).abs().max().item() < 1e-5
+
+
+def test_saving_the_real_minilm_keeps_sentence_transformers_embeddings(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    BiEncoder.from_pretrained(minilm_path()).save(str(tmp_path / "copy"))
+    texts = ["The cat sits on the mat.", "노인이 도서관에서 신문을 읽고 있다.", "A much longer sentence " * 20]
+    original = SentenceTransformer(minilm_path(), device="cpu").encode(texts, convert_to_tensor=True)
+    copy = SentenceTransformer(str(tmp_path / "copy"), device="cpu").encode(texts, convert_to_tensor=True)
+    assert (original - copy).abs().max().item() < 1e-5
+
+
+def test_bad_settings_stop_before_training(tiny, tmp_path):
+    model, data = tiny
+    with pytest.raises(SystemExit, match="unknown loss 'triplet'"):
+        main(parse_config(TrainConfig, train_args(model, data, str(tmp_path)) + ["--loss", "triplet"]))
+    unscored = tmp_path / "unscored.jsonl"
+    unscored.write_text(json.dumps({"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}) + "\n")
+    with pytest.raises(SystemExit, match=r"unscored.jsonl:1: field 'pos_scores'/'neg_scores' missing"):
+        main(parse_config(TrainConfig, train_args(model, str(unscored), str(tmp_path)) + ["--loss", "distill"]))
+    with pytest.raises(SystemExit, match=r"missing.jsonl: file not found"):
+        main(parse_config(TrainConfig, train_args(model, str(tmp_path / "missing.jsonl"), str(tmp_path))))
+
+
+# ---------------------------------------------------------------- configuration
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: gte\ntemperature: 0.01\ntrain_data: [a.jsonl, b.jsonl]\ncross-device: false\n")
+    cfg = parse_config(TrainConfig, ["--config", str(path), "--temperature", "0.05", "--no-length-buckets"])
+    assert (cfg.loss, cfg.temperature, cfg.train_data, cfg.cross_device, cfg.length_buckets) == (
+        "gte", 0.05, ["a.jsonl", "b.jsonl"], False, False)
+    assert parse_config(TrainConfig, ["--gte-directions", "qd", "qq"]).gte_directions == ["qd", "qq"]
+    path.write_text("loss: gte\nlearning_rate: 1e-4\n")
+    with pytest.raises(SystemExit, match="c.yaml: unknown option 'learning_rate'"):
+        parse_config(TrainConfig, ["--config", str(path)])
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--batch-size", "many"])
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--help"])
+    text = capsys.readouterr().out
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in text
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_parse(path):
+    cfg = parse_config(TrainConfig, ["--config", str(path)])
+    assert cfg.loss in ("infonce", "gte", "distill", "mnrl", "softmax", "cosine")
