@@ -63,8 +63,9 @@ class TrainConfig:
     skip_bad_rows: bool = opt(False, "skip invalid rows (counted and reported) instead of stopping")
     num_workers: int = opt(0, "DataLoader worker processes")
     length_buckets: bool = opt(True, "batch examples of similar token length (BGE-style buckets; far less padding)")
-    num_buckets: int = opt(8, "length buckets of about equal size (unless --bucket-boundaries is given)")
-    bucket_boundaries: list[int] = opt([], "inclusive upper token lengths of the buckets, e.g. 32 64 128 256")
+    num_buckets: int = opt(0, "length buckets of about equal size; 0 = auto (2+ global batches each, at most 64)")
+    bucket_boundaries: list[int] = opt([], "instead: inclusive upper passage lengths (tokens) of the buckets, "
+                                           "e.g. 32 64 128 256")
     same_dataset_batches: bool = opt(False, "draw every global batch from one --train-data file (BGE's "
                                             "same_dataset_within_batch)")
     dataset_weights: list[float] = opt([], "sampling weight per --train-data file (needs --same-dataset-batches)")

@@ -4,6 +4,9 @@ All ranks compute the same permutation, so they agree on every global batch with
 same number of steps (the last incomplete global batch of an epoch is left out; the epoch's reshuffle puts
 those examples in full batches in other epochs). `set_epoch(epoch, start_batch)` restarts mid-epoch at an
 exact batch, which is what a resumed run needs.
+
+train.py uses data/bucket_sampler.py's BucketBatchSampler (the same global-batch scheme plus length buckets,
+same-file batches and duplicate-free batches); this plain version is kept as the reference.
 """
 from __future__ import annotations
 
