@@ -45,7 +45,7 @@ class DistillLoss(nn.Module):
                              F.normalize(p[cols].float(), dim=-1)) / self.temperature  # [n, G]
             kd = F.kl_div(F.log_softmax(s, dim=-1), target, reduction="batchmean")
         else:
-            log_p = F.log_softmax(cos_sim(q[idx], p) / self.temperature, dim=-1)  # [n, N*G]
+            log_p = F.log_softmax(cos_sim(q[idx], p, 1 / self.temperature), dim=-1)  # [n, N*G]
             kd = -(target * log_p.gather(1, cols)).sum(dim=1).mean()
         base = self.base(q, p, rows=rows) if self.base is not None else 0.0
         return base + self.weight * kd

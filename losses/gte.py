@@ -41,15 +41,15 @@ class GTELoss(nn.Module):
         pos_col = idx * group  # column of d_i among the passages, [n]
         d = p[pos_col]  # positives of the local queries, [n, D]
         arange = torch.arange(len(idx), device=q.device)
-        qd = cos_sim(q[idx], p) / self.temperature  # [n, N*G]
+        qd = cos_sim(q[idx], p, 1 / self.temperature)  # [n, N*G]
         parts = [qd]
         if "qq" in self.directions:
-            qq = cos_sim(q[idx], q) / self.temperature  # [n, N]
+            qq = cos_sim(q[idx], q, 1 / self.temperature)  # [n, N]
             parts.append(qq.index_put((arange, idx), torch.tensor(float("-inf"), device=q.device)))
         if "dq" in self.directions:
-            parts.append(cos_sim(d, q) / self.temperature)  # [n, N]
+            parts.append(cos_sim(d, q, 1 / self.temperature))  # [n, N]
         if "dd" in self.directions:
-            dd = cos_sim(d, p) / self.temperature  # [n, N*G]
+            dd = cos_sim(d, p, 1 / self.temperature)  # [n, N*G]
             parts.append(dd.index_put((arange, pos_col), torch.tensor(float("-inf"), device=q.device)))
         log_z = torch.logsumexp(torch.cat(parts, dim=1), dim=1)  # [n]
         return (log_z - qd[arange, pos_col]).mean()

@@ -28,5 +28,5 @@ class InfoNCELoss(nn.Module):
     def forward(self, q, p, *, rows: slice | None = None, **_) -> torch.Tensor:
         group = p.shape[0] // q.shape[0]
         idx = local_rows(rows, q.shape[0]).to(q.device)  # [n]
-        logits = cos_sim(q[idx], p) / self.temperature  # [n, N*G]
+        logits = cos_sim(q[idx], p, 1 / self.temperature)  # [n, N*G]
         return F.cross_entropy(logits, idx * group)
