@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from data.examples import DataError, Example
+from evaluation.fast import mteb_document_text
 from evaluation.task_files import read_table
 
 
@@ -67,13 +68,6 @@ def example_to_row(ex: Example) -> dict:
 
 
 # ------------------------------------------------------------------ corpus
-def document_text(title: str, text: str) -> str:
-    """title + " " + text, as MTEB (and evaluation/fast.py) join a BEIR document."""
-    from evaluation.fast import mteb_document_text
-
-    return mteb_document_text(title, text)
-
-
 def read_corpus(path: str | Path) -> list[str]:
     """Passages of a .jsonl/.tsv/.csv file with a `text` column (and optional `title`, joined like MTEB)."""
     rows = read_table(path, ("text",))
@@ -82,7 +76,7 @@ def read_corpus(path: str | Path) -> list[str]:
         title, text = row.get("title") or "", row["text"]
         if not isinstance(text, str) or not isinstance(title, str):
             raise DataError(f"{path}:{line}: fields 'title' and 'text' must be strings")
-        texts.append(document_text(title, text))
+        texts.append(mteb_document_text(title, text))  # title + " " + text, as MTEB joins a BEIR document
     return texts
 
 

@@ -142,7 +142,7 @@ def main() -> None:
     results = {}
     for side in ("st", "ours"):
         cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--model", args.model, "--side", side]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         print(f"running {side} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -12,11 +12,9 @@ file. Corpus embeddings share mine_hard_negatives.py's cache; the output is writ
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.examples import DataError, Example, load_examples  # noqa: E402

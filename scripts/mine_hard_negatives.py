@@ -22,21 +22,20 @@ the same file.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 from data.examples import DataError, Example, load_examples  # noqa: E402
-from data.pipeline import (SEARCH_BACKENDS, Corpus, cache_dir_for, corpus_from, document_text,  # noqa: E402
+from data.pipeline import (SEARCH_BACKENDS, Corpus, cache_dir_for, corpus_from,  # noqa: E402
                            encode_passages_cached, example_to_row, load_encoder, parse_range, passage_embeddings,
                            query_texts, search, write_jsonl)
+from evaluation.fast import mteb_document_text  # noqa: E402
 from evaluation.task_files import TaskDataError, read_beir  # noqa: E402
 
 
@@ -78,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def beir_examples(folder: str, split: str, report: Counter) -> tuple[list[Example], list[str]]:
     """One row per judged query: positives are its documents with relevance > 0; corpus = all documents."""
     data = read_beir(folder, split)
-    docs = {doc_id: document_text(title, text) for doc_id, (title, text) in data.corpus.items()}
+    docs = {doc_id: mteb_document_text(title, text) for doc_id, (title, text) in data.corpus.items()}
     qrels_file = Path(folder) / "qrels" / f"{split}.tsv"
     examples = []
     for qid, query in data.queries.items():

@@ -11,7 +11,6 @@ unless --allow-no-negative. The output is written atomically.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         pairs, report = load_examples(args.input, pair_kind="nli")
     except DataError as e:

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import train
-from tests.helpers import minilm_path
-from tests.tiny_run import losses, make_tiny_run_files, torchrun, train_args
+from tests.tiny_run import losses, torchrun, train_args
 from training.deepspeed_config import resolve_deepspeed_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,11 +54,6 @@ def test_uneven_ranks_agree_on_the_batch_count(exactness):
 
 
 # ---------------------------------------------------------------- train.py under DDP and DeepSpeed (one launch each)
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return make_tiny_run_files(str(tmp_path_factory.mktemp("tiny")), minilm_path())
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tiny_run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp") / "out")

@@ -11,23 +11,17 @@ import torch
 from cli_config import parse_config
 from models.bi_encoder import BiEncoder
 from tests.helpers import REPO, minilm_path
-from tests.tiny_run import make_tiny_run_files, train_args
+from tests.tiny_run import train_args
 from train import TrainConfig, main
 
 SAMPLE = REPO / "data" / "sample"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(model folder, small scored BGE file) from tests/tiny_run.py."""
-    return make_tiny_run_files(str(tmp_path_factory.mktemp("tiny")), minilm_path())
-
-
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
+def trained(tiny_run, tmp_path_factory):
     """60 steps of gte on the repo's bilingual sample with prompts, evaluated on its held-out STS pairs."""
     out = str(tmp_path_factory.mktemp("trained") / "out")
-    cfg = parse_config(TrainConfig, train_args(tiny[0], str(SAMPLE / "train.jsonl"), out) + [
+    cfg = parse_config(TrainConfig, train_args(tiny_run[0], str(SAMPLE / "train.jsonl"), out) + [
         "--loss", "gte", "--group-size", "2", "--batch-size", "32", "--max-steps", "60", "--lr", "3e-3", "--temperature", "0.05",
         "--warmup-ratio", "0.1", "--query-prompt", "query: ", "--passage-prompt", "passage: ",
         "--eval-sts", str(SAMPLE / "heldout-sts.tsv"), "--save-steps", "20", "--save-total-limit", "1"])
@@ -78,8 +72,8 @@ def test_saving_the_real_minilm_keeps_sentence_transformers_embeddings(tmp_path)
     assert (original - copy).abs().max().item() < 1e-5
 
 
-def test_bad_settings_stop_before_training(tiny, tmp_path):
-    model, data = tiny
+def test_bad_settings_stop_before_training(tiny_run, tmp_path):
+    model, data = tiny_run
     with pytest.raises(SystemExit, match="unknown loss 'triplet'"):
         main(parse_config(TrainConfig, train_args(model, data, str(tmp_path)) + ["--loss", "triplet"]))
     unscored = tmp_path / "unscored.jsonl"
