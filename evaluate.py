@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models.bi_encoder import PRECISIONS
 from evaluation.local_tasks import LOCAL_TASK_KINDS
 
 
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--passage-max-len", type=int, help="token limit for documents and symmetric tasks")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): bf16 autocast on CUDA, fp32 on CPU; fp32 reproduces CPU scores on a GPU")
     parser.add_argument("--model-name", help="name in mteb's result files (default: Hub id or local/<parent>__<folder>)")
     args = parser.parse_args(argv)
     if not args.tasks and not args.local_task:
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
     # 2. The model, with its saved prompts/lengths unless overridden here.
     encoder = BiEncoderForMTEB(
-        args.model, name=args.model_name, device=args.device, batch_size=args.batch_size,
+        args.model, name=args.model_name, device=args.device, precision=args.precision, batch_size=args.batch_size,
         query_prompt=args.query_prompt, passage_prompt=args.passage_prompt,
         task_prompts=dict(p.split("=", 1) for p in args.task_prompt) or None,
         query_max_len=args.query_max_len, passage_max_len=args.passage_max_len)

@@ -144,8 +144,10 @@ def encode_passages_cached(model, texts: list[str], cache_dir: str | Path | None
         return model.encode(texts, batch_size, model.settings.passage_prompt, model.settings.passage_max_len,
                             show_progress=True)
     from evaluation.mteb_encoder import checkpoint_revision
+    from models.bi_encoder import encode_precision
 
-    digest = hashlib.sha256(checkpoint_revision(model, model.settings).encode())
+    precision = encode_precision("auto", next(model.parameters()).device)  # what model.encode below runs in
+    digest = hashlib.sha256(checkpoint_revision(model, model.settings, precision).encode())
     for t in texts:
         digest.update(t.encode())
         digest.update(b"\0")

