@@ -33,6 +33,7 @@ from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
 from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config
 from training.even_steps import common_batch_count
+from training.master_weights import with_fp32_master_weights
 from training.step import train_step
 
 
@@ -314,8 +315,11 @@ def evaluate_sts(accelerator, model, path: str) -> float:
 
 
 def save_model(accelerator, model, folder: str) -> None:
-    """Write a loadable folder; under DeepSpeed ZeRO-3 the full weights are gathered first."""
+    """Write a loadable folder; under DeepSpeed ZeRO-3 the full weights are gathered first, and under DeepSpeed
+    bf16/fp16 the optimizer's fp32 master weights are saved, not the module's rounded 16-bit copy."""
     state_dict = accelerator.get_state_dict(model)  # collective: every process must call it
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        state_dict = with_fp32_master_weights(accelerator.unwrap_model(model), state_dict)  # collective too
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save(folder, state_dict=_backbone_weights(state_dict))
     accelerator.wait_for_everyone()

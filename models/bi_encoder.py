@@ -220,10 +220,16 @@ class BiEncoder(nn.Module):
     def save(self, folder: str, state_dict: dict | None = None) -> None:
         """Weights (safetensors), tokenizer, our settings, and the sentence-transformers files.
 
-        `state_dict` lets a caller pass full weights gathered elsewhere (e.g. DeepSpeed ZeRO-3).
+        `state_dict` lets a caller pass full weights gathered elsewhere (e.g. DeepSpeed ZeRO-3). Weights keep the
+        module's own names: transformers' default `save_original_format=True` renames LayerNorm weight/bias back to
+        BERT's legacy gamma/beta when the model was built under DeepSpeed ZeRO-3's init, and only then.
         """
         os.makedirs(folder, exist_ok=True)
-        self.backbone.save_pretrained(folder, state_dict=state_dict)
+        # save_pretrained empties a state_dict it is given, so its dtypes are read first
+        dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()} if state_dict is not None else set()
+        self.backbone.save_pretrained(folder, state_dict=state_dict, save_original_format=False)
+        if len(dtypes) == 1:
+            _set_config_dtype(folder, dtypes.pop())
         self.tokenizer.save_pretrained(folder)
         s = self.settings
         _write_json(os.path.join(folder, SETTINGS_FILE), dataclasses.asdict(s))
@@ -247,6 +253,18 @@ def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
+
+
+def _set_config_dtype(folder: str, dtype: torch.dtype) -> None:
+    """config.json's dtype is the module's (save_pretrained reads it from the parameters); make it the dtype of the
+    weights actually written, e.g. fp32 master weights saved from a DeepSpeed bf16 module, or `dtype="auto"`
+    loading would round them to bf16."""
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    name = str(dtype).removeprefix("torch.")
+    config.update({key: name for key in ("dtype", "torch_dtype") if key in config})
+    _write_json(path, config)
 
 
 def _pad(rows: list[list[int]], pad_id: int, multiple: int, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:

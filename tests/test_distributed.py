@@ -54,6 +54,12 @@ def test_uneven_ranks_agree_on_the_batch_count(exactness):
 
 
 # ---------------------------------------------------------------- train.py under DDP and DeepSpeed (one launch each)
+def _weights(folder: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tiny_run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp") / "out")
@@ -75,10 +81,48 @@ def test_deepspeed_grad_cache_matches_ddp(tiny_run, ddp_run, tmp_path, stage):
     assert ref[0] != pytest.approx(ref[-1], abs=1e-3)  # training moved: later losses test the updates too
     from models.bi_encoder import BiEncoder
 
+    assert _weights(out).keys() == _weights(ddp_run).keys()  # same names in the file (no legacy gamma/beta)
     want, have = BiEncoder.from_pretrained(ddp_run).state_dict(), BiEncoder.from_pretrained(out).state_dict()
     assert want.keys() == have.keys()
     for k in want:
         torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- DeepSpeed bf16 saves the fp32 master weights
+BF16_SMALL_LR = ("--mixed-precision", "bf16", "--lr", "2e-5")  # updates far below a bf16 step of the weights
+
+
+@pytest.fixture(scope="module")
+def ddp_bf16_run(tiny_run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ddp_bf16") / "out")
+    torchrun(["train.py", *train_args(*tiny_run, out, *BF16_SMALL_LR)])
+    return out
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_bf16_saves_fp32_master_weights(tiny_run, ddp_bf16_run, tmp_path, stage):
+    """DeepSpeed bf16 casts the module to bf16 (W0 is rounded once, at start) and keeps fp32 master weights in the
+    optimizer; at a small lr the bf16 module barely moves. The saved folder must hold the master weights: fp32,
+    every trained entry moved from bf16(W0), by about the update a DDP bf16-autocast run makes. Measured here:
+    master weights 99.997% of entries moved, |update − DDP's update| = 4.6% of |DDP's update|; the bf16 module
+    (what was saved before) bf16 dtype, 0.28% moved, 91% — it fails every check below."""
+    out = str(tmp_path / "out")
+    torchrun(["train.py", *train_args(*tiny_run, out, "--deepspeed", f"configs/deepspeed/zero{stage}.json",
+                                      *BF16_SMALL_LR)])
+    start, ddp, got = _weights(tiny_run[0]), _weights(ddp_bf16_run), _weights(out)
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["dtype"] == "float32"  # else dtype="auto" loading would round them again
+    assert {got[k].dtype for k in got if got[k].is_floating_point()} == {torch.float32}
+    trained = [k for k in start if start[k].is_floating_point() and not k.startswith("pooler.")]  # pooler: frozen
+    rounded_start = {k: start[k].bfloat16().float() for k in trained}  # where DeepSpeed's master weights begin
+    moved = sum((got[k] != rounded_start[k]).sum().item() for k in trained) / sum(start[k].numel() for k in trained)
+    assert moved > 0.9, moved
+    ours = {k: got[k].double() - rounded_start[k].double() for k in trained}  # this run's update
+    ref = {k: ddp[k].double() - start[k].double() for k in trained}  # DDP's update from the same batches
+    gap = sum(((ours[k] - ref[k]) ** 2).sum() for k in trained) ** 0.5
+    size = sum((ref[k] ** 2).sum() for k in trained) ** 0.5
+    assert gap < 0.5 * size, (gap, size)
 
 
 # ---------------------------------------------------------------- bad input: clear messages, no hang
