@@ -31,7 +31,7 @@ from data.bucket_sampler import build_train_sampler, check_sampler_options
 from losses import LOSS_NAMES, PAIR_LOSSES, build_loss
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
-from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config
+from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config, uses_torch_autocast
 from training.even_steps import common_batch_count
 from training.master_weights import with_fp32_master_weights
 from training.step import train_step
@@ -124,8 +124,11 @@ def main(cfg: TrainConfig) -> dict:
                      max_grad_norm=cfg.max_grad_norm, mixed_precision=mixed,
                      world_size=int(os.environ.get("WORLD_SIZE", "1")))
     ds_plugin = None
+    accelerate_precision = mixed
     if cfg.deepspeed:  # else `accelerate launch` with a DeepSpeed accelerate config may still switch it on
         ds_config = resolve_deepspeed_config(load_deepspeed_config(cfg.deepspeed), source=cfg.deepspeed, **ds_limits)
+        if ds_config.get("torch_autocast", {}).get("enabled"):
+            accelerate_precision = "no"  # the engine autocasts its forward; accelerate's bf16 would cast the module
         ds_plugin = DeepSpeedPlugin(hf_ds_config=ds_config, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                                     gradient_clipping=cfg.max_grad_norm)
     use_deepspeed = ds_plugin is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -133,7 +136,7 @@ def main(cfg: TrainConfig) -> dict:
     # one process while DeepSpeed runs gloo over all of them
     cpu_deepspeed = use_deepspeed and not torch.cuda.is_available()
     accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
-                              mixed_precision=mixed, deepspeed_plugin=ds_plugin,
+                              mixed_precision=accelerate_precision, deepspeed_plugin=ds_plugin,
                               kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
@@ -141,6 +144,9 @@ def main(cfg: TrainConfig) -> dict:
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if deepspeed and ds_plugin is None:  # config from `accelerate launch`: same checks, filled in place
         plugin = accelerator.state.deepspeed_plugin
+        if uses_torch_autocast(plugin.deepspeed_config, mixed, "the accelerate DeepSpeed config"):
+            raise SystemExit("torch_autocast: pass the DeepSpeed JSON with --deepspeed; through an accelerate config "
+                             "accelerate switches on DeepSpeed's bf16 mode itself")
         plugin.deepspeed_config.update(resolve_deepspeed_config(
             plugin.deepspeed_config, source="the accelerate DeepSpeed config",
             **{**ds_limits, "world_size": accelerator.num_processes}))
@@ -230,7 +236,8 @@ def main(cfg: TrainConfig) -> dict:
         f"{' with cross-device negatives' if gather else ''}"
         f"{f'; GradCache chunks of {cfg.grad_cache_chunk}' if cfg.grad_cache_chunk else ''}"
         f"{f'; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}' if deepspeed else ''}"
-        f"; device {accelerator.device}, precision {mixed}")
+        f"; device {accelerator.device}, precision {mixed}"
+        f"{' (DeepSpeed torch_autocast: fp32 weights)' if accelerate_precision != mixed else ''}")
 
     # ------------------------------------------------------------------ loop
     def batches():

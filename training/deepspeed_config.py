@@ -9,7 +9,15 @@ never silently one or the other:
     train_batch_size              = --batch-size × --gradient-accumulation-steps × world size
     gradient_clipping             = --max-grad-norm
     bf16/fp16.enabled             = --mixed-precision
+    torch_autocast.enabled/dtype  = --mixed-precision bf16 (then bf16/fp16.enabled = false)
 No "optimizer" / "scheduler" sections: train.py builds AdamW and the linear schedule and hands them to DeepSpeed.
+
+Two ways to train in bf16 under DeepSpeed. Its `bf16` mode (the shipped configs) casts the module to bf16, so
+the pretrained weights are rounded once at start, and keeps fp32 master weights in the optimizer; updates below
+half a bf16 step reach the forward pass late (training/master_weights.py). A `"torch_autocast": {"enabled":
+"auto"}` section instead keeps the weights fp32 and runs the forward under `torch.autocast(bfloat16)` — what
+train.py does without DeepSpeed, and the same losses step for step (tests/test_distributed.py) — at the cost of
+fp32 parameters in memory (4 bytes each instead of 2, before ZeRO-3 partitions them).
 ZeRO-3: `stage3_gather_16bit_weights_on_model_save` defaults to true so the final folder holds full weights.
 """
 from __future__ import annotations
@@ -50,12 +58,41 @@ def resolve_deepspeed_config(config: dict, *, batch_size: int, gradient_accumula
         if name in config:
             raise SystemExit(f"{source}: remove the \"{name}\" section; train.py builds AdamW and the linear "
                              f"warm-up/decay schedule from --lr / --weight-decay / --warmup-ratio")
-    for dtype in ("bf16", "fp16"):
-        enabled = config.get(dtype, {}).get("enabled", "auto")
-        if enabled != "auto" and bool(enabled) != (mixed_precision == dtype):
-            raise SystemExit(f"{source}: {dtype}.enabled = {enabled} contradicts --mixed-precision "
-                             f"{mixed_precision}; set it to \"auto\"")
+    if uses_torch_autocast(config, mixed_precision, source):
+        config["torch_autocast"] = {**config["torch_autocast"], "enabled": True, "dtype": "bfloat16"}
+        for dtype in ("bf16", "fp16"):
+            if config.get(dtype, {}).get("enabled", "auto") not in ("auto", False):
+                raise SystemExit(f"{source}: {dtype}.enabled and torch_autocast.enabled are both on; set "
+                                 f"{dtype}.enabled to \"auto\" (torch_autocast keeps the weights fp32)")
+            config[dtype] = {**config.get(dtype, {}), "enabled": False}
+    else:
+        if "torch_autocast" in config:
+            config["torch_autocast"] = {**config["torch_autocast"], "enabled": False}
+        for dtype in ("bf16", "fp16"):
+            enabled = config.get(dtype, {}).get("enabled", "auto")
+            if enabled != "auto" and bool(enabled) != (mixed_precision == dtype):
+                raise SystemExit(f"{source}: {dtype}.enabled = {enabled} contradicts --mixed-precision "
+                                 f"{mixed_precision}; set it to \"auto\"")
     zero = config.setdefault("zero_optimization", {"stage": 0})
     if zero.get("stage", 0) == 3:
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", True)
     return config
+
+
+def uses_torch_autocast(config: dict, mixed_precision: str, source: str = "the DeepSpeed config") -> bool:
+    """Whether the config's torch_autocast section is on for this --mixed-precision ("auto": on for bf16)."""
+    enabled = config.get("torch_autocast", {}).get("enabled", False)
+    dtype = config.get("torch_autocast", {}).get("dtype", "auto")
+    if enabled is False:
+        return False
+    if enabled not in ("auto", True):
+        raise SystemExit(f"{source}: torch_autocast.enabled must be true, false or \"auto\", got {enabled!r}")
+    if dtype not in ("auto", "bfloat16", "bf16"):
+        raise SystemExit(f"{source}: torch_autocast.dtype {dtype!r}: only bfloat16 is supported (DeepSpeed has no "
+                         f"loss scaling for fp16 autocast under ZeRO); use \"auto\"")
+    if mixed_precision == "bf16":
+        return True
+    if enabled is True:
+        raise SystemExit(f"{source}: torch_autocast.enabled = true contradicts --mixed-precision {mixed_precision}; "
+                         f"set it to \"auto\" or pass --mixed-precision bf16")
+    return False
