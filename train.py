@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -33,7 +32,7 @@ from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
 from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config, uses_torch_autocast
 from training.even_steps import common_batch_count
-from training.master_weights import with_fp32_master_weights
+from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
 from training.step import train_step
 
 
@@ -101,6 +100,8 @@ class TrainConfig:
     output_dir: str = opt("out", "final model goes here; checkpoints in checkpoint-<step>/")
     save_steps: int = opt(0, "save a checkpoint every N steps (0 = only the final model)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 = keep all)")
+    resume_from_checkpoint: str = opt(None, "continue a run exactly (weights, optimizer, schedule, RNG, data "
+                                            "position): a checkpoint-<step> folder, or 'latest' in --output-dir")
     log_steps: int = opt(10, "log loss / lr / throughput every N steps")
     report_to: str = opt("tensorboard", "tensorboard | none (logs in --output-dir/runs)")
     eval_sts: str = opt(None, "STS file (sentence1, sentence2, score) for periodic Spearman evaluation")
@@ -153,6 +154,12 @@ def main(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
     log = accelerator.print
+    resume = find_checkpoint(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
+    if resume:  # same settings or stop now, before loading anything
+        resumed = read_trainer_state(resume)
+        check_same_run(resumed["config"], json.loads(json.dumps(asdict(cfg))), resume)
+    elif cfg.resume_from_checkpoint:
+        log(f"--resume-from-checkpoint latest: no checkpoint in {cfg.output_dir} yet, starting at step 0")
 
     # ------------------------------------------------------------------ data
     pair_loss = cfg.loss in PAIR_LOSSES
@@ -193,7 +200,10 @@ def main(cfg: TrainConfig) -> dict:
     except ValueError as e:
         raise SystemExit(f"data error: {e}") from None
     log(sampler.describe())
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
+    # that dropout uses (a resumed run starts an iterator mid-epoch).
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
                          distill_base=cfg.distill_base, distill_weight=cfg.distill_weight,
                          distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
@@ -239,24 +249,39 @@ def main(cfg: TrainConfig) -> dict:
         f"; device {accelerator.device}, precision {mixed}"
         f"{' (DeepSpeed torch_autocast: fp32 weights)' if accelerate_precision != mixed else ''}")
 
+    # ------------------------------------------------------------------ resume
+    step, best, history, start = 0, -math.inf, [], (0, 0)  # start: (epoch, batch) of the first micro-batch
+    if resume:
+        accelerator.load_state(os.path.join(resume, "state"))  # weights, optimizer, schedule, RNG of every process
+        try:
+            sampler.load_state_dict(resumed["sampler"])  # refuses other data / buckets / global batch
+        except ValueError as e:
+            raise SystemExit(f"--resume-from-checkpoint {resume}: {e}") from None
+        step, history = resumed["step"], resumed["history"]
+        best = -math.inf if resumed["best"] is None else resumed["best"]
+        start = (sampler.epoch, sampler.start_batch)
+        if start[1] >= batches_per_epoch:
+            start = (start[0] + 1, 0)
+        log(f"resumed from {resume}: step {step}, epoch {start[0]}, batch {start[1]}")
+
     # ------------------------------------------------------------------ loop
     def batches():
-        """Micro-batches forever, epoch after epoch; the sampler and negatives reshuffle each epoch."""
-        epoch = 0
+        """(epoch, batch index, micro-batch) forever from `start`; the sampler and negatives reshuffle each epoch."""
+        epoch, first = start
         while True:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch, first)
             dataset.set_epoch(epoch)
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(loader, first):
                 if i == batches_per_epoch:  # a process with more batches than the others stops with them
                     break
-                yield epoch, batch
-            epoch += 1
+                yield epoch, i, batch
+            epoch, first = epoch + 1, 0
 
-    step, best, history = 0, -math.inf, []
-    window_pairs, window_tokens, window_start, window_losses = 0, 0, time.perf_counter(), []
-    progress = tqdm(total=total_steps, desc="train", disable=not is_main, dynamic_ncols=True)
+    window_pairs, window_tokens, window_start = 0, 0, time.perf_counter()
+    window_losses = [torch.tensor(x, device=accelerator.device) for x in resumed["pending_losses"]] if resume else []
+    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
-    for epoch, batch in batches():
+    for epoch, index, batch in batches():
         batch = {k: ({kk: vv.to(accelerator.device) for kk, vv in v.items()} if isinstance(v, dict)
                      else v.to(accelerator.device)) for k, v in batch.items()}
         with accelerator.accumulate(model):
@@ -293,7 +318,11 @@ def main(cfg: TrainConfig) -> dict:
                 best = score
                 save_model(accelerator, model, os.path.join(cfg.output_dir, "best"))
         if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-            save_checkpoint(accelerator, model, cfg, step, epoch)
+            # losses of a log window not yet printed, averaged over processes (a collective: every process is here)
+            pending = accelerator.reduce(torch.stack(window_losses), reduction="mean").tolist() if window_losses else []
+            save_checkpoint(accelerator, model, cfg.output_dir, step, keep=cfg.save_total_limit, trainer_state={
+                "sampler": sampler.state_dict(batches_consumed=index + 1), "history": history,
+                "best": None if best == -math.inf else best, "pending_losses": pending, "config": asdict(cfg)})
         if step >= total_steps:
             break
     progress.close()
@@ -319,38 +348,6 @@ def evaluate_sts(accelerator, model, path: str) -> float:
         score += sts_spearman(accelerator.unwrap_model(model), path)
     accelerator.wait_for_everyone()
     return accelerator.reduce(score, reduction="sum").item()
-
-
-def save_model(accelerator, model, folder: str) -> None:
-    """Write a loadable folder; under DeepSpeed ZeRO-3 the full weights are gathered first, and under DeepSpeed
-    bf16/fp16 the optimizer's fp32 master weights are saved, not the module's rounded 16-bit copy."""
-    state_dict = accelerator.get_state_dict(model)  # collective: every process must call it
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        state_dict = with_fp32_master_weights(accelerator.unwrap_model(model), state_dict)  # collective too
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save(folder, state_dict=_backbone_weights(state_dict))
-    accelerator.wait_for_everyone()
-
-
-def _backbone_weights(state_dict: dict) -> dict:
-    prefix = "backbone."
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def save_checkpoint(accelerator, model, cfg: TrainConfig, step: int, epoch: int) -> None:
-    """checkpoint-<step>/: the loadable model plus optimizer, scheduler and RNG states (accelerate) to resume."""
-    folder = os.path.join(cfg.output_dir, f"checkpoint-{step}")
-    save_model(accelerator, model, folder)
-    accelerator.save_state(os.path.join(folder, "state"))
-    if accelerator.is_main_process:
-        with open(os.path.join(folder, "trainer_state.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, "epoch": epoch}, f)
-        if cfg.save_total_limit > 0:
-            old = sorted((d for d in os.listdir(cfg.output_dir) if d.startswith("checkpoint-")),
-                         key=lambda d: int(d.split("-")[1]))
-            for d in old[:-cfg.save_total_limit]:
-                shutil.rmtree(os.path.join(cfg.output_dir, d))
-    accelerator.wait_for_everyone()
 
 
 def _strip_launcher_args(argv: list[str]) -> list[str]:

@@ -49,6 +49,8 @@ from typing import Sequence
 
 from torch.utils.data import Sampler
 
+from data.examples import examples_digest
+
 MIXED = -1  # `GlobalBatch.bucket` of a batch made of several buckets' leftovers
 ALL_FILES = -1  # `GlobalBatch.dataset` when batches are not kept to one file
 MAX_FRONT_DEFERRED = 1  # × global batch: deferred examples kept at the queue's front; more go to its back
@@ -188,7 +190,8 @@ class BucketBatchSampler(Sampler[list[int]]):
                  lengths: Sequence | None = None, boundaries: Sequence[int] | None = None, num_buckets: int = 0,
                  datasets: Sequence[int] | None = None, same_dataset: bool = False,
                  dataset_weights: Sequence[float] | None = None, dataset_names: Sequence[str] | None = None,
-                 texts: Sequence[tuple[tuple[int, ...], tuple[int, ...]]] | None = None):
+                 texts: Sequence[tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+                 content_digest: str = ""):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}")
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
@@ -206,6 +209,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         check_sampler_options(len(self.dataset_names), dataset_weights, same_dataset, boundaries)
         self.lengths = list(lengths) if lengths is not None else None
         self.texts = texts
+        self.content_digest = content_digest  # of the examples themselves (data.examples.examples_digest)
 
         # buckets
         if self.lengths is None:
@@ -250,7 +254,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     def fingerprint(self) -> str:
         """Hash of everything the plan depends on except (seed, epoch): data order, buckets, files, settings."""
         h = hashlib.sha256()
-        h.update(repr((self.num_examples, self.global_batch, self.boundaries, self.same_dataset, self.weights)).encode())
+        h.update(repr((self.num_examples, self.global_batch, self.boundaries, self.same_dataset, self.weights,
+                       self.content_digest)).encode())
         h.update(bytes(b % 256 for b in self.bucket_of))
         h.update(repr(sorted(self._group_size.items())).encode())
         if self.texts is not None:
@@ -430,4 +435,4 @@ def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed:
                               lengths=lengths, boundaries=boundaries or None, num_buckets=num_buckets,
                               datasets=[ex.dataset for ex in examples], same_dataset=same_dataset,
                               dataset_weights=dataset_weights or None, dataset_names=file_names,
-                              texts=text_ids(examples) if dedup else None)
+                              texts=text_ids(examples) if dedup else None, content_digest=examples_digest(examples))

@@ -14,6 +14,7 @@ counted and reported instead, never dropped silently.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections import Counter
@@ -37,6 +38,15 @@ class Example:
     label: float | int | None = None  # NLI class id (softmax loss) or a 0-1 similarity (cosine loss)
     source: str = ""  # "file:line", for messages
     dataset: int = 0  # index of the training file it came from (same-dataset batches, per-file weights)
+
+
+def examples_digest(examples: list[Example]) -> str:
+    """16 hex digits of SHA-256 over every example's content and file, in order (a resumed run checks it)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.query, ex.pos, ex.neg, ex.pos_scores, ex.neg_scores, ex.prompt, ex.label, ex.dataset],
+                            ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass

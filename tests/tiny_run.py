@@ -21,13 +21,14 @@ WORDS = ("apple banana river stone cloud music train paper light green small hou
          "road blue cold warm").split()
 
 
-def make_tiny_run_files(folder: str, tokenizer_folder: str, rows: int = 48) -> tuple[str, str]:
-    """-> (model folder, train.jsonl): random 2-layer BERT (hidden 32, no dropout) and rows with 3 negatives + scores."""
+def make_tiny_run_files(folder: str, tokenizer_folder: str, rows: int = 48, dropout: float = 0.0) -> tuple[str, str]:
+    """-> (model folder, train.jsonl): random 2-layer BERT (hidden 32, no dropout unless asked) and rows with 3
+    negatives + scores."""
     model_dir, data = os.path.join(folder, "model"), os.path.join(folder, "train.jsonl")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                        intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BiEncoder(BertModel(config), tokenizer, EncoderSettings(query_max_len=16, passage_max_len=24)).save(model_dir)
     rnd = random.Random(0)
 

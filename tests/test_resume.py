@@ -1,0 +1,130 @@
+"""Exact resume after SIGKILL (training/checkpoint.py): a run killed mid-training and restarted with
+`--resume-from-checkpoint latest` logs the same losses and ends with the same weights as a run never killed —
+dropout on, across an epoch boundary, with a log window that straddles the checkpoint, gradient accumulation,
+GradCache, 2 processes, DeepSpeed ZeRO-2. The kill is a real SIGKILL to the run's whole process group (the
+launcher and its workers), sent as soon as a checkpoint is complete, so it lands mid-step or mid-save.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+import train
+from tests.tiny_run import REPO, losses, make_tiny_run_files
+from training.checkpoint import complete_checkpoints, find_checkpoint
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def dropout_run(tmp_path_factory):
+    """A tiny model with dropout 0.1 and 96 rows (24 batches of 4 per epoch on one process: 30 steps cross one)."""
+    from tests.helpers import minilm_path
+
+    return make_tiny_run_files(str(tmp_path_factory.mktemp("resume")), minilm_path(), rows=96, dropout=0.1)
+
+
+def args(run: tuple[str, str], out: str, *extra: str) -> list[str]:
+    model, data = run
+    return ["train.py", "--model", model, "--train-data", data, "--loss", "infonce", "--group-size", "3",
+            "--batch-size", "4", "--max-steps", "30", "--lr", "1e-3", "--report-to", "none", "--save-steps", "4",
+            "--save-total-limit", "2", "--mixed-precision", "no", "--output-dir", out, *extra]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res
+
+
+def kill_after_checkpoint(cmd: list[str], out: str, step: int) -> None:
+    """Start cmd in its own process group; SIGKILL the whole group once checkpoint-<step> is complete."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not os.path.isfile(os.path.join(out, f"checkpoint-{step}", "trainer_state.json")):
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed; the test needs a longer run"
+
+
+CASES = {
+    "one process, dropout, epoch boundary, log window across the checkpoint": ([], ["--log-steps", "3"]),
+    "one process, gradient accumulation 2": ([], ["--gradient-accumulation-steps", "2", "--log-steps", "1"]),
+    "2 processes, GradCache": (TORCHRUN, ["--grad-cache-chunk", "5", "--log-steps", "1"]),
+    "2 processes, DeepSpeed ZeRO-2": (TORCHRUN, ["--deepspeed", "configs/deepspeed/zero2.json", "--log-steps", "1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sigkill_then_resume_equals_the_uninterrupted_run(dropout_run, tmp_path, case):
+    launcher, extra = CASES[case]
+    python = launcher or [sys.executable]
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    run([*python, *args(dropout_run, whole, *extra)])
+    kill_after_checkpoint([*python, *args(dropout_run, killed, *extra)], killed, step=8)
+    res = run([*python, *args(dropout_run, killed, *extra, "--resume-from-checkpoint", "latest")])
+    assert "resumed from" in res.stdout + res.stderr
+    assert losses(killed) == losses(whole)  # every logged loss, bit for bit
+    want, have = load_file(os.path.join(whole, "model.safetensors")), load_file(os.path.join(killed, "model.safetensors"))
+    assert want.keys() == have.keys()
+    for k in want:
+        assert (have[k] == want[k]).all(), k
+
+
+def test_partial_checkpoints_are_not_resumed_from(tmp_path):
+    for name in ("checkpoint-4", "checkpoint-8.partial", "checkpoint-12", "checkpoint-x"):
+        (tmp_path / name).mkdir()
+    for name in ("checkpoint-4", "checkpoint-8.partial"):
+        (tmp_path / name / "trainer_state.json").write_text("{}")
+    # checkpoint-12 lacks trainer_state.json (train.py never leaves one like that: it renames complete folders)
+    assert complete_checkpoints(str(tmp_path)) == [(4, str(tmp_path / "checkpoint-4"))]
+    assert find_checkpoint("latest", str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert find_checkpoint("latest", str(tmp_path / "nothing-yet")) is None
+    with pytest.raises(SystemExit, match="not a checkpoint"):
+        find_checkpoint(str(tmp_path / "checkpoint-12"), str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def finished_checkpoint(dropout_run, tmp_path_factory):
+    """One complete run with checkpoints, on its own copy of the data."""
+    folder = tmp_path_factory.mktemp("finished")
+    data = str(folder / "train.jsonl")
+    shutil.copy(dropout_run[1], data)
+    out = str(folder / "out")
+    run([sys.executable, *args((dropout_run[0], data), out, "--max-steps", "9")])
+    return data, out
+
+
+def test_resume_refuses_changed_settings(dropout_run, finished_checkpoint):
+    data, out = finished_checkpoint
+    argv = args((dropout_run[0], data), out, "--max-steps", "9", "--lr", "5e-4", "--batch-size", "8",
+                "--resume-from-checkpoint", os.path.join(out, "checkpoint-8"))[1:]
+    with pytest.raises(SystemExit) as e:
+        train.main(train.parse_config(train.TrainConfig, argv))
+    message = str(e.value)
+    assert "--lr: 0.001 in the checkpoint, 0.0005 now" in message and "--batch-size: 4 in the checkpoint, 8 now" in message
+
+
+def test_resume_refuses_changed_data(dropout_run, finished_checkpoint):
+    data, out = finished_checkpoint
+    original = open(data, encoding="utf-8").read()
+    try:
+        with open(data, "w", encoding="utf-8") as f:  # same file name, rows in another order
+            f.write("\n".join(original.splitlines()[::-1]) + "\n")
+        argv = args((dropout_run[0], data), out, "--max-steps", "9", "--resume-from-checkpoint", "latest")[1:]
+        with pytest.raises(SystemExit, match="sampler state is from a run with a different fingerprint"):
+            train.main(train.parse_config(train.TrainConfig, argv))
+    finally:
+        with open(data, "w", encoding="utf-8") as f:
+            f.write(original)
