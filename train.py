@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 8 train.py ... --deepspeed configs/deepspeed/zero2.json --grad-cache-chunk 64
 
 The finished model is written to --output-dir (safetensors, tokenizer, sentence-transformers files);
-checkpoints go to --output-dir/checkpoint-<step>/. Run `python train.py --help` for every option.
+checkpoints go to --output-dir/checkpoint-<step>/, and the same command plus `--resume-from-checkpoint latest`
+continues a killed run exactly. Run `python train.py --help` for every option.
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ from data.bucket_sampler import build_train_sampler, check_sampler_options
 from losses import LOSS_NAMES, PAIR_LOSSES, build_loss
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
+from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
 from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config, uses_torch_autocast
 from training.even_steps import common_batch_count
-from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
 from training.step import train_step
 
 
