@@ -96,6 +96,27 @@ def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, q
     return out
 
 
+def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
+                       passage_prompt: str = "", rank: int = 0, world_size: int = 1,
+                       progress: bool = True) -> list[tuple[int, int]]:
+    """`length_keys` of all examples on every process, each process tokenising only every world_size-th example
+    (then all_gather_object): start-up tokenising is split W ways instead of repeated W times. Without a process
+    group of that size (one process, or ranks simulated in one process) it computes all of them here."""
+    import torch.distributed as dist
+
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size):
+        return length_keys(examples, tokenizer, query_max_len, passage_max_len, query_prompt, passage_prompt,
+                           progress=progress)
+    mine = length_keys(examples[rank::world_size], tokenizer, query_max_len, passage_max_len, query_prompt,
+                       passage_prompt, progress=progress)
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, mine)
+    out: list = [None] * len(examples)
+    for r, part in enumerate(parts):
+        out[r::world_size] = part
+    return out
+
+
 def text_ids(examples) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Per example: (ids of its query and positives, ids of its hard negatives); equal strings, equal ids.
 
@@ -428,8 +449,9 @@ def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed:
                         dedup: bool = True, file_names: Sequence[str] | None = None,
                         progress: bool = True) -> BucketBatchSampler:
     """train.py's sampler from its options; `settings` (EncoderSettings) gives max lengths and prompts."""
-    lengths = (length_keys(examples, tokenizer, settings.query_max_len, settings.passage_max_len,
-                             settings.query_prompt or "", settings.passage_prompt or "", progress=progress)
+    lengths = (shared_length_keys(examples, tokenizer, settings.query_max_len, settings.passage_max_len,
+                                  settings.query_prompt or "", settings.passage_prompt or "", rank, world_size,
+                                  progress=progress)
                if length_buckets else None)
     return BucketBatchSampler(len(examples), batch_size, seed=seed, rank=rank, world_size=world_size,
                               lengths=lengths, boundaries=boundaries or None, num_buckets=num_buckets,

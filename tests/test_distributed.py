@@ -49,6 +49,11 @@ def test_flagembedding_convention_would_be_caught(exactness):
 
 
 @pytest.mark.multiprocess
+def test_start_up_token_lengths_split_across_processes_equal_one_process(exactness):
+    assert exactness["length_keys_match"]
+
+
+@pytest.mark.multiprocess
 def test_uneven_ranks_agree_on_the_batch_count(exactness):
     assert exactness["common_batch_count_all"] == [3, 3]  # rank 0 had 5 batches, rank 1 had 3
 
