@@ -16,8 +16,8 @@ Two ways to train in bf16 under DeepSpeed. Its `bf16` mode (the shipped configs)
 the pretrained weights are rounded once at start, and keeps fp32 master weights in the optimizer; updates below
 half a bf16 step reach the forward pass late (training/master_weights.py). A `"torch_autocast": {"enabled":
 "auto"}` section instead keeps the weights fp32 and runs the forward under `torch.autocast(bfloat16)` — what
-train.py does without DeepSpeed, and the same losses step for step (tests/test_distributed.py) — at the cost of
-fp32 parameters in memory (4 bytes each instead of 2, before ZeRO-3 partitions them).
+train.py does without DeepSpeed, with its losses (ZeRO-2 bit for bit, ZeRO-3 to 3e-5: tests/test_distributed.py) —
+at the cost of fp32 parameters in memory (4 bytes each instead of 2, before ZeRO-3 partitions them).
 ZeRO-3: `stage3_gather_16bit_weights_on_model_save` defaults to true so the final folder holds full weights.
 """
 from __future__ import annotations
