@@ -93,6 +93,36 @@ def test_deepspeed_grad_cache_matches_ddp(tiny_run, ddp_run, tmp_path, stage):
         torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.multiprocess
+def test_launch_multinode_script_runs_two_nodes(tiny_run, ddp_run, tmp_path):
+    """scripts/launch_multinode.sh started twice on this machine as 2 "nodes" × 1 process, joined by the c10d
+    rendezvous: the same 2-rank run as `torchrun --nproc_per_node 2`, so the same losses."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "out")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NNODES": "2", "GPUS_PER_NODE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RDZV_ID": f"test{port}", "PYTHON": sys.executable}
+    script = os.path.join(REPO, "scripts", "launch_multinode.sh")
+    nodes = [subprocess.Popen(["bash", script, *train_args(*tiny_run, out)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert losses(out) == pytest.approx(losses(ddp_run), rel=1e-6)
+
+
+def test_slurm_script_parses():
+    """No SLURM here: only that bash reads it (it runs launch_multinode.sh, tested above, under srun)."""
+    import subprocess
+
+    res = subprocess.run(["bash", "-n", os.path.join(REPO, "scripts", "slurm_train.sbatch")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
 # ---------------------------------------------------------------- DeepSpeed bf16 saves the fp32 master weights
 BF16_SMALL_LR = ("--mixed-precision", "bf16", "--lr", "2e-5")  # updates far below a bf16 step of the weights
 

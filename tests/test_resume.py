@@ -1,7 +1,7 @@
 """Exact resume after SIGKILL (training/checkpoint.py): a run killed mid-training and restarted with
 `--resume-from-checkpoint latest` logs the same losses and ends with the same weights as a run never killed —
 dropout on, across an epoch boundary, with a log window that straddles the checkpoint, gradient accumulation,
-GradCache, 2 processes, DeepSpeed ZeRO-2. The kill is a real SIGKILL to the run's whole process group (the
+DataLoader workers that read ahead, GradCache, 2 processes, DeepSpeed ZeRO-2. The kill is a real SIGKILL to the run's whole process group (the
 launcher and its workers), sent as soon as a checkpoint is complete, so it lands mid-step or mid-save.
 """
 from __future__ import annotations
@@ -61,6 +61,7 @@ def kill_after_checkpoint(cmd: list[str], out: str, step: int) -> None:
 CASES = {
     "one process, dropout, epoch boundary, log window across the checkpoint": ([], ["--log-steps", "3"]),
     "one process, gradient accumulation 2": ([], ["--gradient-accumulation-steps", "2", "--log-steps", "1"]),
+    "one process, 2 DataLoader workers (read ahead)": ([], ["--num-workers", "2", "--log-steps", "1"]),
     "2 processes, GradCache": (TORCHRUN, ["--grad-cache-chunk", "5", "--log-steps", "1"]),
     "2 processes, DeepSpeed ZeRO-2": (TORCHRUN, ["--deepspeed", "configs/deepspeed/zero2.json", "--log-steps", "1"]),
 }
