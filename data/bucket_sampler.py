@@ -45,7 +45,7 @@ import hashlib
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch.utils.data import Sampler
 
@@ -212,7 +212,7 @@ class BucketBatchSampler(Sampler[list[int]]):
                  datasets: Sequence[int] | None = None, same_dataset: bool = False,
                  dataset_weights: Sequence[float] | None = None, dataset_names: Sequence[str] | None = None,
                  texts: Sequence[tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
-                 content_digest: str = ""):
+                 content_digest: Callable[[], str] | None = None):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}")
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
@@ -230,7 +230,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         check_sampler_options(len(self.dataset_names), dataset_weights, same_dataset, boundaries)
         self.lengths = list(lengths) if lengths is not None else None
         self.texts = texts
-        self.content_digest = content_digest  # of the examples themselves (data.examples.examples_digest)
+        # hash of the examples themselves (data.examples.examples_digest), computed on first use: only checkpoints
+        # need it, and on millions of rows it takes seconds
+        self._content_digest, self._digest = content_digest, None
 
         # buckets
         if self.lengths is None:
@@ -272,11 +274,16 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ValueError(f"start_batch {start_batch} is outside epoch {epoch}'s {len(self)} batches")
         self.epoch, self.start_batch, self._yielded = epoch, start_batch, 0
 
+    def content_digest(self) -> str:
+        if self._digest is None:
+            self._digest = self._content_digest() if self._content_digest else ""
+        return self._digest
+
     def fingerprint(self) -> str:
         """Hash of everything the plan depends on except (seed, epoch): data order, buckets, files, settings."""
         h = hashlib.sha256()
         h.update(repr((self.num_examples, self.global_batch, self.boundaries, self.same_dataset, self.weights,
-                       self.content_digest)).encode())
+                       self.content_digest())).encode())
         h.update(bytes(b % 256 for b in self.bucket_of))
         h.update(repr(sorted(self._group_size.items())).encode())
         if self.texts is not None:
@@ -457,4 +464,5 @@ def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed:
                               lengths=lengths, boundaries=boundaries or None, num_buckets=num_buckets,
                               datasets=[ex.dataset for ex in examples], same_dataset=same_dataset,
                               dataset_weights=dataset_weights or None, dataset_names=file_names,
-                              texts=text_ids(examples) if dedup else None, content_digest=examples_digest(examples))
+                              texts=text_ids(examples) if dedup else None,
+                              content_digest=lambda: examples_digest(examples))

@@ -119,7 +119,8 @@ def test_slurm_script_parses():
     """No SLURM here: only that bash reads it (it runs launch_multinode.sh, tested above, under srun)."""
     import subprocess
 
-    res = subprocess.run(["bash", "-n", os.path.join(REPO, "scripts", "slurm_train.sbatch")], capture_output=True, text=True)
+    res = subprocess.run(["bash", "-n", os.path.join(REPO, "scripts", "slurm_train.sbatch")],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 

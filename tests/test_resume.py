@@ -1,8 +1,9 @@
 """Exact resume after SIGKILL (training/checkpoint.py): a run killed mid-training and restarted with
 `--resume-from-checkpoint latest` logs the same losses and ends with the same weights as a run never killed —
 dropout on, across an epoch boundary, with a log window that straddles the checkpoint, gradient accumulation,
-DataLoader workers that read ahead, GradCache, 2 processes, DeepSpeed ZeRO-2. The kill is a real SIGKILL to the run's whole process group (the
-launcher and its workers), sent as soon as a checkpoint is complete, so it lands mid-step or mid-save.
+DataLoader workers that read ahead, GradCache, 2 processes, DeepSpeed ZeRO-2 and ZeRO-3. The kill is a real
+SIGKILL to the run's whole process group (the launcher and its workers), sent as soon as a checkpoint is complete,
+so it lands mid-step or mid-save.
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ CASES = {
     "one process, 2 DataLoader workers (read ahead)": ([], ["--num-workers", "2", "--log-steps", "1"]),
     "2 processes, GradCache": (TORCHRUN, ["--grad-cache-chunk", "5", "--log-steps", "1"]),
     "2 processes, DeepSpeed ZeRO-2": (TORCHRUN, ["--deepspeed", "configs/deepspeed/zero2.json", "--log-steps", "1"]),
+    "2 processes, DeepSpeed ZeRO-3 + GradCache": (TORCHRUN, ["--deepspeed", "configs/deepspeed/zero3.json",
+                                                             "--grad-cache-chunk", "5", "--log-steps", "1"]),
 }
 
 
@@ -77,7 +80,8 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(dropout_run, tmp_path,
     res = run([*python, *args(dropout_run, killed, *extra, "--resume-from-checkpoint", "latest")])
     assert "resumed from" in res.stdout + res.stderr
     assert losses(killed) == losses(whole)  # every logged loss, bit for bit
-    want, have = load_file(os.path.join(whole, "model.safetensors")), load_file(os.path.join(killed, "model.safetensors"))
+    want = load_file(os.path.join(whole, "model.safetensors"))
+    have = load_file(os.path.join(killed, "model.safetensors"))
     assert want.keys() == have.keys()
     for k in want:
         assert (have[k] == want[k]).all(), k
@@ -114,7 +118,8 @@ def test_resume_refuses_changed_settings(dropout_run, finished_checkpoint):
     with pytest.raises(SystemExit) as e:
         train.main(train.parse_config(train.TrainConfig, argv))
     message = str(e.value)
-    assert "--lr: 0.001 in the checkpoint, 0.0005 now" in message and "--batch-size: 4 in the checkpoint, 8 now" in message
+    assert "--lr: 0.001 in the checkpoint, 0.0005 now" in message
+    assert "--batch-size: 4 in the checkpoint, 8 now" in message
 
 
 def test_resume_refuses_changed_data(dropout_run, finished_checkpoint):
