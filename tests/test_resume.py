@@ -2,8 +2,13 @@
 `--resume-from-checkpoint latest` logs the same losses and ends with the same weights as a run never killed —
 dropout on, across an epoch boundary, with a log window that straddles the checkpoint, gradient accumulation,
 DataLoader workers that read ahead, GradCache, 2 processes, DeepSpeed ZeRO-2 and ZeRO-3. The kill is a real
-SIGKILL to the run's whole process group (the launcher and its workers), sent as soon as a checkpoint is complete,
-so it lands mid-step or mid-save.
+SIGKILL to every process of the run, sent as soon as a checkpoint is complete, so it lands mid-step or mid-save.
+
+"Every process" is found by parent links, not by process group: torch's elastic launcher (torchrun) starts each
+worker in a session of its own, so killing the launcher's group would leave the workers training on and writing
+checkpoints into the folder the resumed run reads (`test_killing_the_launchers_group_leaves_torchrun_workers_alive`
+shows it). Each test checks its own preconditions: every process it meant to kill is gone, and the resumed run
+says it started from the checkpoint the kill left behind.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
@@ -47,16 +53,67 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
-def kill_after_checkpoint(cmd: list[str], out: str, step: int) -> None:
-    """Start cmd in its own process group; SIGKILL the whole group once checkpoint-<step> is complete."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def process_tree(pid: int) -> list[psutil.Process]:
+    """pid and every process below it, found through parent links (sessions and process groups do not matter)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def kill_tree(launcher: subprocess.Popen) -> tuple[int, dict[int, str]]:
+    """SIGKILL the launcher and all its descendants; -> (the launcher's exit code, {pid: command line} of the
+    processes below it), once every one is gone.
+
+    The tree is frozen first (SIGSTOP, repeated until no new process appears), so no process can start another
+    (a DataLoader worker, a torchrun worker) between the listing and the kill."""
+    seen: dict[int, psutil.Process] = {}
+    commands: dict[int, str] = {}
+    while True:
+        new = [p for p in process_tree(launcher.pid) if p.pid not in seen]
+        if not new:
+            break
+        for p in new:
+            seen[p.pid] = p
+            commands[p.pid] = " ".join(_cmdline(p))
+            try:
+                p.send_signal(signal.SIGSTOP)
+            except psutil.NoSuchProcess:
+                pass
+    for p in seen.values():
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    code = launcher.wait()  # reaped here, where Popen sees its exit status
+    below = [p for pid, p in seen.items() if pid != launcher.pid]
+    _, left = psutil.wait_procs(below, timeout=30)
+    survivors = [p for p in left if alive(p)]
+    assert not survivors, f"processes survived SIGKILL: {[(p.pid, commands[p.pid]) for p in survivors]}"
+    return code, {p.pid: commands[p.pid] for p in below}
+
+
+def kill_after_checkpoint(cmd: list[str], out: str, step: int, workers: int) -> None:
+    """Start cmd; once checkpoint-<step> is complete, SIGKILL the launcher and every process it started.
+
+    workers: how many train.py processes the launcher starts (torchrun: 2; plain python: 0, it is train.py
+    itself); fewer found below it means one escaped the listing."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and not os.path.isfile(os.path.join(out, f"checkpoint-{step}", "trainer_state.json")):
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed; the test needs a longer run"
+    code, below = kill_tree(proc)
+    assert code == -signal.SIGKILL, "the run ended before it could be killed; the test needs a longer run"
+    trainers = [pid for pid, command in below.items() if "train.py" in command]
+    assert len(trainers) >= workers, f"found {len(trainers)} of the launcher's {workers} workers to kill: {below}"
+    # nothing of the run is left to write: the newest complete checkpoint is the one the kill waited for
+    assert complete_checkpoints(out)[-1][0] == step, complete_checkpoints(out)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # already reaped
+        return []
 
 
 CASES = {
@@ -76,15 +133,61 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(dropout_run, tmp_path,
     python = launcher or [sys.executable]
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
     run([*python, *args(dropout_run, whole, *extra)])
-    kill_after_checkpoint([*python, *args(dropout_run, killed, *extra)], killed, step=8)
+    kill_after_checkpoint([*python, *args(dropout_run, killed, *extra)], killed, step=8,
+                          workers=2 if launcher else 0)
     res = run([*python, *args(dropout_run, killed, *extra, "--resume-from-checkpoint", "latest")])
-    assert "resumed from" in res.stdout + res.stderr
+    assert f"resumed from {os.path.join(killed, 'checkpoint-8')}: step 8," in res.stdout + res.stderr
     assert losses(killed) == losses(whole)  # every logged loss, bit for bit
     want = load_file(os.path.join(whole, "model.safetensors"))
     have = load_file(os.path.join(killed, "model.safetensors"))
     assert want.keys() == have.keys()
     for k in want:
         assert (have[k] == want[k]).all(), k
+
+
+def start_sleeping_torchrun(folder, new_session: bool) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """torchrun with 2 workers that only sleep; -> (launcher, workers) once both workers have started."""
+    script = folder / "sleeper.py"
+    script.write_text("import os, sys, time\n"
+                      "open(os.path.join(sys.argv[1], f'worker-{os.getpid()}'), 'w').close()\n"
+                      "time.sleep(120)\n")
+    launcher = subprocess.Popen([*TORCHRUN, str(script), str(folder)], cwd=REPO, env=ENV,
+                                start_new_session=new_session, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("worker-*"))) < 2:
+        assert time.monotonic() < deadline and launcher.poll() is None, "torchrun did not start 2 workers"
+        time.sleep(0.05)
+    return launcher, [psutil.Process(int(f.name.split("-")[1])) for f in folder.glob("worker-*")]
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_killing_the_launchers_group_leaves_torchrun_workers_alive(tmp_path):
+    """Why kill_tree exists: torchrun's workers run in sessions of their own, so os.killpg on the launcher's group
+    (what this file did before) leaves them running — the check in kill_tree would catch that."""
+    launcher, workers = start_sleeping_torchrun(tmp_path, new_session=True)
+    try:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        assert launcher.wait() == -signal.SIGKILL
+        time.sleep(0.5)
+        assert all(alive(w) for w in workers), "the workers died with the launcher's group: the premise changed"
+    finally:
+        for w in workers:
+            w.kill()
+        psutil.wait_procs(workers, timeout=30)
+
+
+def test_kill_tree_kills_torchrun_and_every_worker(tmp_path):
+    launcher, workers = start_sleeping_torchrun(tmp_path, new_session=False)
+    code, below = kill_tree(launcher)
+    assert code == -signal.SIGKILL
+    assert {w.pid for w in workers} <= set(below)
+    assert not any(alive(w) for w in workers)
 
 
 def test_partial_checkpoints_are_not_resumed_from(tmp_path):
