@@ -13,28 +13,27 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from cli_config import parse_config
-from data.collator import Collator
-from data.examples import DataError, load_examples
-from data.groups import GroupedDataset
 from data.bucket_sampler import build_train_sampler, check_sampler_options
-from losses import LOSS_NAMES, PAIR_LOSSES, build_loss
+from data.collator import Collator
+from data.examples import DataError, load_examples, pair_kind_for
+from data.groups import GroupedDataset
+from losses import LOSS_NAMES, build_loss
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
+from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
-from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config, uses_torch_autocast
 from training.even_steps import common_batch_count
-from training.step import train_step
+from training.log_window import LogWindow
+from training.optimizer import build_optimizer
+from training.step import batch_to_device, train_step
 
 
 def opt(default, help: str):
@@ -111,50 +110,10 @@ class TrainConfig:
 
 def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ setup
-    if cfg.loss not in LOSS_NAMES:
-        raise SystemExit(f"--loss: unknown loss {cfg.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
-    if not cfg.model:
-        raise SystemExit("--model is required (a local folder or Hub id)")
-    if not cfg.train_data:
-        raise SystemExit("--train-data is required")
-    mixed = cfg.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if cfg.grad_cache_chunk < 0:
-        raise SystemExit(f"--grad-cache-chunk must be ≥ 0 (0 = off), got {cfg.grad_cache_chunk}")
-    ds_limits = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                     max_grad_norm=cfg.max_grad_norm, mixed_precision=mixed,
-                     world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    ds_plugin = None
-    accelerate_precision = mixed
-    if cfg.deepspeed:  # else `accelerate launch` with a DeepSpeed accelerate config may still switch it on
-        ds_config = resolve_deepspeed_config(load_deepspeed_config(cfg.deepspeed), source=cfg.deepspeed, **ds_limits)
-        if ds_config.get("torch_autocast", {}).get("enabled"):
-            accelerate_precision = "no"  # the engine autocasts its forward; accelerate's bf16 would cast the module
-        ds_plugin = DeepSpeedPlugin(hf_ds_config=ds_config, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                    gradient_clipping=cfg.max_grad_norm)
-    use_deepspeed = ds_plugin is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    # DeepSpeed on CPU (the tests): cpu=True would drop DeepSpeed, and without a named backend accelerate counts
-    # one process while DeepSpeed runs gloo over all of them
-    cpu_deepspeed = use_deepspeed and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
-                              mixed_precision=accelerate_precision, deepspeed_plugin=ds_plugin,
-                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              log_with=None if cfg.report_to == "none" else cfg.report_to,
-                              project_dir=os.path.join(cfg.output_dir, "runs"))
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if deepspeed and ds_plugin is None:  # config from `accelerate launch`: same checks, filled in place
-        plugin = accelerator.state.deepspeed_plugin
-        if uses_torch_autocast(plugin.deepspeed_config, mixed, "the accelerate DeepSpeed config"):
-            raise SystemExit("torch_autocast: pass the DeepSpeed JSON with --deepspeed; through an accelerate config "
-                             "accelerate switches on DeepSpeed's bf16 mode itself")
-        plugin.deepspeed_config.update(resolve_deepspeed_config(
-            plugin.deepspeed_config, source="the accelerate DeepSpeed config",
-            **{**ds_limits, "world_size": accelerator.num_processes}))
+    check_options(cfg)
+    accelerator, precision = build_accelerator(cfg)
     set_seed(cfg.seed)
-    is_main = accelerator.is_main_process
-    log = accelerator.print
+    is_main, log = accelerator.is_main_process, accelerator.print
     resume = find_checkpoint(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
     if resume:  # same settings or stop now, before loading anything
         resumed = read_trainer_state(resume)
@@ -162,65 +121,17 @@ def main(cfg: TrainConfig) -> dict:
     elif cfg.resume_from_checkpoint:
         log(f"--resume-from-checkpoint latest: no checkpoint in {cfg.output_dir} yet, starting at step 0")
 
-    # ------------------------------------------------------------------ data
-    pair_loss = cfg.loss in PAIR_LOSSES
-    group_size = 1 if pair_loss else cfg.group_size
-    if pair_loss and cfg.group_size != 1:
-        log(f"note: --loss {cfg.loss} trains on sentence pairs; --group-size {cfg.group_size} is not used")
-    try:
-        examples, report = load_examples(cfg.train_data, pair_kind={"softmax": "nli", "cosine": "scored"}.get(cfg.loss),
-                                         score_max=cfg.score_max, skip_bad_rows=cfg.skip_bad_rows)
-        dataset = GroupedDataset(examples, group_size, cfg.seed, needs_scores=cfg.loss == "distill")
-        check_sampler_options(len(cfg.train_data), cfg.dataset_weights, cfg.same_dataset_batches,
-                              cfg.bucket_boundaries)  # the sampler itself needs the tokenizer (below)
-    except (DataError, ValueError) as e:
-        raise SystemExit(f"data error: {e}") from None
-    log(report.summary())
-
     # ------------------------------------------------------------------ model and loss
-    settings = dict(pooling=cfg.pooling, normalize=cfg.normalize, query_prompt=cfg.query_prompt,
-                    passage_prompt=cfg.passage_prompt, query_max_len=cfg.query_max_len,
-                    passage_max_len=cfg.passage_max_len)
-    if cfg.from_config:
-        model = BiEncoder.from_config(cfg.from_config, cfg.model, cfg.attn_implementation, **settings)
-    else:
-        model = BiEncoder.from_pretrained(cfg.model, cfg.attn_implementation, **settings)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if getattr(model.backbone, "pooler", None) is not None:  # BERT's pooler never reaches our loss: freeze it so
-        model.backbone.pooler.requires_grad_(False)          # DDP does not wait for its gradients (and saves it as is)
-    s = model.settings
-    collate = Collator(model.tokenizer, s.query_max_len, s.passage_max_len, s.query_prompt, s.passage_prompt)
-    try:  # one global batch per step, sliced per process: length buckets, same-file batches, no duplicate texts
-        sampler = build_train_sampler(
-            examples, model.tokenizer, s, batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index,
-            world_size=accelerator.num_processes, length_buckets=cfg.length_buckets, num_buckets=cfg.num_buckets,
-            boundaries=cfg.bucket_boundaries, same_dataset=cfg.same_dataset_batches,
-            dataset_weights=cfg.dataset_weights, dedup=cfg.dedup_batches and not pair_loss,
-            file_names=cfg.train_data, progress=is_main)
-    except ValueError as e:
-        raise SystemExit(f"data error: {e}") from None
-    log(sampler.describe())
-    # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
-    # that dropout uses (a resumed run starts an iterator mid-epoch).
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    model = load_model(cfg)
     loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
                          distill_base=cfg.distill_base, distill_weight=cfg.distill_weight,
                          distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
                          mnrl_scale=cfg.mnrl_scale)
     gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
-    if cfg.cross_device and loss_fn.in_batch and accelerator.num_processes == 1:
-        log("note: one process, so --cross-device has nothing to gather (in-batch negatives are this batch's)")
-    if cfg.grad_cache_chunk:
-        sequences = cfg.batch_size * max(group_size, 1)  # the larger side: passages
-        if cfg.grad_cache_chunk >= sequences:
-            raise SystemExit(f"--grad-cache-chunk {cfg.grad_cache_chunk} is not smaller than the batch's "
-                             f"{cfg.batch_size} queries × {group_size} passages = {sequences} passages: nothing to "
-                             f"chunk; lower it (e.g. {max(1, sequences // 4)}) or drop the flag")
-    if deepspeed and any(True for _ in loss_fn.parameters()):
-        raise SystemExit(f"--loss {cfg.loss} has trainable parameters outside the encoder, which the DeepSpeed "
-                         f"engine does not hold; train it without DeepSpeed")
+
+    # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)
+    dataset, sampler, loader, group_size = load_data(cfg, model, loss_fn, accelerator)
+    check_run_shape(cfg, group_size, loss_fn, accelerator)
 
     # ------------------------------------------------------------------ optimizer and schedule
     batches_per_epoch = common_batch_count(len(loader))  # the same on every process: no hang at an epoch's end
@@ -229,26 +140,20 @@ def main(cfg: TrainConfig) -> dict:
         raise SystemExit(f"one epoch has {len(sampler)} batches, fewer than --gradient-accumulation-steps "
                          f"{cfg.gradient_accumulation_steps}")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    named = [(n, p) for n, p in list(model.named_parameters()) + [("loss." + n, p) for n, p in loss_fn.named_parameters()]
-             if p.requires_grad]
-    groups = [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    optimizer, scheduler = build_optimizer(
+        [*model.named_parameters(), *loss_fn.named_parameters(prefix="loss")], lr=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, total_steps=total_steps)
     if any(True for _ in loss_fn.parameters()):  # (never under DeepSpeed, which wraps exactly one module)
         model, loss_fn, optimizer, scheduler = accelerator.prepare(model, loss_fn, optimizer, scheduler)
     else:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if accelerator.is_main_process and cfg.report_to != "none":
+    if is_main and cfg.report_to != "none":
         accelerator.init_trackers("train", config={k: str(v) for k, v in asdict(cfg).items()})
     log(f"{len(dataset)} examples, {len(sampler)} batches/epoch of {cfg.batch_size}×{accelerator.num_processes} "
         f"queries × {group_size} passages; {total_steps} optimizer steps; loss {cfg.loss}"
         f"{' with cross-device negatives' if gather else ''}"
         f"{f'; GradCache chunks of {cfg.grad_cache_chunk}' if cfg.grad_cache_chunk else ''}"
-        f"{f'; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}' if deepspeed else ''}"
-        f"; device {accelerator.device}, precision {mixed}"
-        f"{' (DeepSpeed torch_autocast: fp32 weights)' if accelerate_precision != mixed else ''}")
+        f"; device {accelerator.device}, precision {precision}")
 
     # ------------------------------------------------------------------ resume
     step, best, history, start = 0, -math.inf, [], (0, 0)  # start: (epoch, batch) of the first micro-batch
@@ -260,9 +165,7 @@ def main(cfg: TrainConfig) -> dict:
             raise SystemExit(f"--resume-from-checkpoint {resume}: {e}") from None
         step, history = resumed["step"], resumed["history"]
         best = -math.inf if resumed["best"] is None else resumed["best"]
-        start = (sampler.epoch, sampler.start_batch)
-        if start[1] >= batches_per_epoch:
-            start = (start[0] + 1, 0)
+        start = (sampler.epoch, sampler.start_batch) if sampler.start_batch < batches_per_epoch else (sampler.epoch + 1, 0)
         log(f"resumed from {resume}: step {step}, epoch {start[0]}, batch {start[1]}")
 
     # ------------------------------------------------------------------ loop
@@ -275,16 +178,13 @@ def main(cfg: TrainConfig) -> dict:
             for i, batch in enumerate(loader, first):
                 if i == batches_per_epoch:  # a process with more batches than the others stops with them
                     break
-                yield epoch, i, batch
+                yield epoch, i, batch_to_device(batch, accelerator.device)
             epoch, first = epoch + 1, 0
 
-    window_pairs, window_tokens, window_start = 0, 0, time.perf_counter()
-    window_losses = [torch.tensor(x, device=accelerator.device) for x in resumed["pending_losses"]] if resume else []
+    window = LogWindow(accelerator, resumed["pending_losses"] if resume else [])
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
     for epoch, index, batch in batches():
-        batch = {k: ({kk: vv.to(accelerator.device) for kk, vv in v.items()} if isinstance(v, dict)
-                     else v.to(accelerator.device)) for k, v in batch.items()}
         with accelerator.accumulate(model):
             # embed [B, D] + [B*G, D], gather to [W*B, D] + [W*B*G, D], loss, backward (in chunks with GradCache)
             loss = train_step(accelerator, model, loss_fn, batch, gather, cfg.grad_cache_chunk)
@@ -293,37 +193,25 @@ def main(cfg: TrainConfig) -> dict:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        window_losses.append(loss.float())
-        window_pairs += batch["query"]["input_ids"].shape[0]
-        window_tokens += int(batch["query"]["attention_mask"].sum() + batch["passage"]["attention_mask"].sum())
+        window.add(loss, batch)
         if not accelerator.sync_gradients:
             continue
         step += 1
         progress.update(1)
         if step % cfg.log_steps == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
-            stats = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch,
-                     "pairs_per_s": window_pairs * accelerator.num_processes / elapsed,
-                     "tokens_per_s": window_tokens * accelerator.num_processes / elapsed}
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{stats['lr']:.2e}", pairs_s=f"{stats['pairs_per_s']:.1f}")
+            stats = {**window.close(), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+            progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", pairs_s=f"{stats['pairs_per_s']:.1f}")
             accelerator.log(stats, step=step)
             history.append({"step": step, **stats})
-            window_pairs, window_tokens, window_start, window_losses = 0, 0, time.perf_counter(), []
         if cfg.eval_sts and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
-            score = evaluate_sts(accelerator, model, cfg.eval_sts)
-            accelerator.log({"eval/sts_spearman": score}, step=step)
-            history.append({"step": step, "eval_sts_spearman": score})
-            log(f"step {step}: STS Spearman {score:.4f} on {cfg.eval_sts}")
+            score = evaluate_sts(accelerator, model, cfg.eval_sts, step, history)
             if score > best:
                 best = score
                 save_model(accelerator, model, os.path.join(cfg.output_dir, "best"))
         if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-            # losses of a log window not yet printed, averaged over processes (a collective: every process is here)
-            pending = accelerator.reduce(torch.stack(window_losses), reduction="mean").tolist() if window_losses else []
             save_checkpoint(accelerator, model, cfg.output_dir, step, keep=cfg.save_total_limit, trainer_state={
                 "sampler": sampler.state_dict(batches_consumed=index + 1), "history": history,
-                "best": None if best == -math.inf else best, "pending_losses": pending, "config": asdict(cfg)})
+                "best": None if best == -math.inf else best, "pending_losses": window.pending(), "config": asdict(cfg)})
         if step >= total_steps:
             break
     progress.close()
@@ -331,24 +219,104 @@ def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ save
     save_model(accelerator, model, cfg.output_dir)
     if is_main:
-        with open(os.path.join(cfg.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
-            json.dump(asdict(cfg), f, indent=2, ensure_ascii=False)
-        with open(os.path.join(cfg.output_dir, "train_log.json"), "w", encoding="utf-8") as f:
-            json.dump(history, f, indent=2)
+        for name, obj in (("train_config.json", asdict(cfg)), ("train_log.json", history)):
+            with open(os.path.join(cfg.output_dir, name), "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, ensure_ascii=False)
     accelerator.end_training()
     log(f"saved the model to {cfg.output_dir}")
     return {"history": history, "steps": step, "best_eval": None if best == -math.inf else best}
 
 
-def evaluate_sts(accelerator, model, path: str) -> float:
-    """Spearman of cosine vs gold on an STS file, computed on the main process and shared with all."""
+def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
+    """Rows (validated) -> groups of 1 positive + negatives -> the global-batch sampler -> DataLoader.
+    -> (dataset, sampler, loader, passages per query)."""
+    pair_kind = pair_kind_for(loss_fn.needs)  # labelled sentence pairs (softmax, cosine) or query/passage groups
+    group_size = 1 if pair_kind else cfg.group_size
+    if pair_kind and cfg.group_size != 1:
+        accelerator.print(f"note: --loss {cfg.loss} trains on sentence pairs; --group-size {cfg.group_size} is not used")
+    s = model.settings
+    try:
+        examples, report = load_examples(cfg.train_data, pair_kind=pair_kind, score_max=cfg.score_max,
+                                         skip_bad_rows=cfg.skip_bad_rows)
+        dataset = GroupedDataset(examples, group_size, cfg.seed, needs_scores="teacher_scores" in loss_fn.needs)
+        # one global batch per step, sliced per process: length buckets, same-file batches, no duplicate texts
+        sampler = build_train_sampler(
+            examples, model.tokenizer, s, batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index,
+            world_size=accelerator.num_processes, length_buckets=cfg.length_buckets, num_buckets=cfg.num_buckets,
+            boundaries=cfg.bucket_boundaries, same_dataset=cfg.same_dataset_batches,
+            dataset_weights=cfg.dataset_weights, dedup=cfg.dedup_batches and not pair_kind,
+            file_names=cfg.train_data, progress=accelerator.is_main_process)
+    except (DataError, ValueError) as e:
+        raise SystemExit(f"data error: {e}") from None
+    accelerator.print(report.summary())
+    accelerator.print(sampler.describe())
+    # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
+    # that dropout uses (a resumed run starts an iterator mid-epoch).
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=Collator(model.tokenizer, s.query_max_len, s.passage_max_len, s.query_prompt,
+                                            s.passage_prompt),
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    return dataset, sampler, loader, group_size
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """Options that are wrong on their own: stop before anything loads."""
+    if cfg.loss not in LOSS_NAMES:
+        raise SystemExit(f"--loss: unknown loss {cfg.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+    if not cfg.model:
+        raise SystemExit("--model is required (a local folder or Hub id)")
+    if not cfg.train_data:
+        raise SystemExit("--train-data is required")
+    if cfg.grad_cache_chunk < 0:
+        raise SystemExit(f"--grad-cache-chunk must be ≥ 0 (0 = off), got {cfg.grad_cache_chunk}")
+    try:
+        check_sampler_options(len(cfg.train_data), cfg.dataset_weights, cfg.same_dataset_batches,
+                              cfg.bucket_boundaries)
+    except ValueError as e:
+        raise SystemExit(f"data error: {e}") from None
+
+
+def check_run_shape(cfg: TrainConfig, group_size: int, loss_fn, accelerator) -> None:
+    """Options that are wrong with this loss, data and launch: stop before training (and say what is unused)."""
+    if cfg.cross_device and loss_fn.in_batch and accelerator.num_processes == 1:
+        accelerator.print("note: one process, so --cross-device has nothing to gather (in-batch negatives are this "
+                          "batch's)")
+    sequences = cfg.batch_size * max(group_size, 1)  # the larger side: passages
+    if cfg.grad_cache_chunk and cfg.grad_cache_chunk >= sequences:
+        raise SystemExit(f"--grad-cache-chunk {cfg.grad_cache_chunk} is not smaller than the batch's "
+                         f"{cfg.batch_size} queries × {group_size} passages = {sequences} passages: nothing to "
+                         f"chunk; lower it (e.g. {max(1, sequences // 4)}) or drop the flag")
+    if uses_deepspeed(accelerator) and any(True for _ in loss_fn.parameters()):
+        raise SystemExit(f"--loss {cfg.loss} has trainable parameters outside the encoder, which the DeepSpeed "
+                         f"engine does not hold; train it without DeepSpeed")
+
+
+def load_model(cfg: TrainConfig) -> BiEncoder:
+    settings = dict(pooling=cfg.pooling, normalize=cfg.normalize, query_prompt=cfg.query_prompt,
+                    passage_prompt=cfg.passage_prompt, query_max_len=cfg.query_max_len,
+                    passage_max_len=cfg.passage_max_len)
+    if cfg.from_config:
+        model = BiEncoder.from_config(cfg.from_config, cfg.model, cfg.attn_implementation, **settings)
+    else:
+        model = BiEncoder.from_pretrained(cfg.model, cfg.attn_implementation, **settings)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def evaluate_sts(accelerator, model, path: str, step: int, history: list) -> float:
+    """Spearman of cosine vs gold on an STS file, computed on the main process, shared with all and logged."""
     from evaluation.fast import sts_spearman
 
     score = torch.tensor(0.0, device=accelerator.device)
     if accelerator.is_main_process:
         score += sts_spearman(accelerator.unwrap_model(model), path)
     accelerator.wait_for_everyone()
-    return accelerator.reduce(score, reduction="sum").item()
+    score = accelerator.reduce(score, reduction="sum").item()
+    accelerator.log({"eval/sts_spearman": score}, step=step)
+    history.append({"step": step, "eval_sts_spearman": score})
+    accelerator.print(f"step {step}: STS Spearman {score:.4f} on {path}")
+    return score
 
 
 def _strip_launcher_args(argv: list[str]) -> list[str]:

@@ -234,6 +234,13 @@ def nli_to_groups(pairs: list[Example], report: LoadReport) -> list[Example]:
     return groups
 
 
+def pair_kind_for(needs) -> str | None:
+    """The labelled-pair rows a loss's `needs` asks for ("nli" / "scored"), or None for query / passage groups."""
+    kinds = {"nli_label": "nli", "similarity_score": "scored"}
+    found = [kinds[f] for f in needs if f in kinds]
+    return found[0] if found else None
+
+
 def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
                   skip_bad_rows: bool = False) -> tuple[list[Example], LoadReport]:
     """Read and validate every row of every file before training starts.

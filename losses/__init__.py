@@ -2,7 +2,9 @@
 
 Shared signature: loss(q [N, D], p [N*G, D], *, rows=None, labels=None, teacher_scores=None) -> scalar.
 `in_batch` says whether a loss contrasts against other queries' passages (and so gains from gathering them
-across processes); `needs` names the batch fields the data must provide.
+across processes); `needs` names what the data must provide beyond query / passage groups — "teacher_scores",
+or a label that makes the rows labelled sentence pairs ("nli_label", "similarity_score"); train.py reads the
+data that way (`data.examples.pair_kind_for`).
 """
 from losses.cosine import CosineLoss
 from losses.distill import DistillLoss
@@ -12,7 +14,6 @@ from losses.mnrl import MNRLoss
 from losses.softmax_nli import SoftmaxNLILoss
 
 LOSS_NAMES = ("infonce", "gte", "distill", "mnrl", "softmax", "cosine")
-PAIR_LOSSES = ("softmax", "cosine")  # trained on labelled sentence pairs, not on query/positive groups
 
 
 def build_loss(name: str, *, dim: int, temperature: float = 0.02, gte_directions=DIRECTIONS,

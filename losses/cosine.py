@@ -11,7 +11,7 @@ from torch import nn
 
 class CosineLoss(nn.Module):
     in_batch = False
-    needs = frozenset({"labels"})
+    needs = frozenset({"similarity_score"})  # rows: sentence1, sentence2, score
 
     def forward(self, q, p, *, labels: torch.Tensor = None, **_) -> torch.Tensor:
         cos = F.cosine_similarity(q.float(), p.float(), dim=-1)  # [n]

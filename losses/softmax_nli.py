@@ -13,7 +13,7 @@ from torch import nn
 
 class SoftmaxNLILoss(nn.Module):
     in_batch = False
-    needs = frozenset({"labels"})
+    needs = frozenset({"nli_label"})  # rows: sentence1, sentence2, gold_label
 
     def __init__(self, dim: int, num_labels: int = 3):
         super().__init__()

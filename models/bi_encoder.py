@@ -95,6 +95,8 @@ class BiEncoder(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.settings = settings or EncoderSettings()
+        if getattr(backbone, "pooler", None) is not None:  # BERT's pooler never reaches an embedding: frozen, so DDP
+            backbone.pooler.requires_grad_(False)          # does not wait for its gradients (and it is saved as is)
 
     # ---------------------------------------------------------------- construction
     @classmethod

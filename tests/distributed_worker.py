@@ -60,9 +60,7 @@ def tiny_model() -> BiEncoder:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=32)
-    model = BiEncoder(BertModel(config), None, EncoderSettings())
-    model.backbone.pooler.requires_grad_(False)  # unused by the loss; train.py freezes it the same way
-    return model
+    return BiEncoder(BertModel(config), None, EncoderSettings())
 
 
 def tokens(n: int, length: int, gen: torch.Generator) -> dict:

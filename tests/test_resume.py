@@ -12,7 +12,6 @@ says it started from the checkpoint the kill left behind.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

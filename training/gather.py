@@ -6,7 +6,9 @@ each slice (all-reduce, then take our slice); DDP/DeepSpeed then average paramet
 processes. Together this is exactly the gradient of the mean loss over the global batch on one process:
     (1/W) Σ_r' Σ_r ∂L_r/∂θ|via slice r'  =  ∂/∂θ (1/W) Σ_r L_r  =  ∂L_global/∂θ.
 (FlagEmbedding's plain all_gather keeps only the local slice's own term, giving 1/W of the cross terms;
-Tevatron and contrastors compute the loss on all rows on every rank and multiply by W.)
+Tevatron all_gathers queries and passages, puts its local slices back with their graph, computes the loss on all
+rows on every rank and multiplies by W; contrastors gathers only the documents, with a gradient-carrying gather,
+scores its local queries against them and multiplies the loss by W — its queries are never gathered.)
 """
 from __future__ import annotations
 

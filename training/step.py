@@ -37,3 +37,9 @@ def train_step(accelerator, model, loss_fn, batch: dict, gather: bool, grad_cach
     loss = compute_loss(q, p)
     accelerator.backward(loss)
     return loss.detach()
+
+
+def batch_to_device(batch: dict, device) -> dict:
+    """Collator output (tensors, and dicts of tensors for the tokenised sides) -> the same on `device`."""
+    return {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device))
+            for k, v in batch.items()}

@@ -1,0 +1,60 @@
+"""Accelerate / DeepSpeed set-up for train.py: precision, the DeepSpeed config filled from the command line, and
+the Accelerator itself. What the set-up decided is returned so train.py can log it in one line.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs
+
+from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config, uses_torch_autocast
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """--mixed-precision auto -> bf16 on a GPU that has it, else no."""
+    if mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mixed_precision
+
+
+def build_accelerator(cfg) -> tuple[Accelerator, str]:
+    """-> (accelerator, precision description for the log). cfg: train.TrainConfig."""
+    mixed = resolve_precision(cfg.mixed_precision)
+    ds_limits = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                     max_grad_norm=cfg.max_grad_norm, mixed_precision=mixed,
+                     world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    ds_plugin, accelerate_precision = None, mixed
+    if cfg.deepspeed:  # else `accelerate launch` with a DeepSpeed accelerate config may still switch it on
+        ds_config = resolve_deepspeed_config(load_deepspeed_config(cfg.deepspeed), source=cfg.deepspeed, **ds_limits)
+        if ds_config.get("torch_autocast", {}).get("enabled"):
+            accelerate_precision = "no"  # the engine autocasts its forward; accelerate's bf16 would cast the module
+        ds_plugin = DeepSpeedPlugin(hf_ds_config=ds_config, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                    gradient_clipping=cfg.max_grad_norm)
+    use_deepspeed = ds_plugin is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    # DeepSpeed on CPU (the tests): cpu=True would drop DeepSpeed, and without a named backend accelerate counts
+    # one process while DeepSpeed runs gloo over all of them
+    cpu_deepspeed = use_deepspeed and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
+                              mixed_precision=accelerate_precision, deepspeed_plugin=ds_plugin,
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_dir=os.path.join(cfg.output_dir, "runs"))
+    if uses_deepspeed(accelerator) and ds_plugin is None:  # config from `accelerate launch`: same checks, in place
+        plugin = accelerator.state.deepspeed_plugin
+        if uses_torch_autocast(plugin.deepspeed_config, mixed, "the accelerate DeepSpeed config"):
+            raise SystemExit("torch_autocast: pass the DeepSpeed JSON with --deepspeed; through an accelerate config "
+                             "accelerate switches on DeepSpeed's bf16 mode itself")
+        plugin.deepspeed_config.update(resolve_deepspeed_config(
+            plugin.deepspeed_config, source="the accelerate DeepSpeed config",
+            **{**ds_limits, "world_size": accelerator.num_processes}))
+    precision = mixed + (" (DeepSpeed torch_autocast: fp32 weights)" if accelerate_precision != mixed else "")
+    if uses_deepspeed(accelerator):
+        precision += f"; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return accelerator, precision
+
+
+def uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED

@@ -1,0 +1,36 @@
+"""The numbers train.py logs every --log-steps: mean loss over the window (and over processes), pairs/s, tokens/s.
+
+The losses of a window not yet logged are part of a checkpoint (`pending`), so a resumed run logs the same
+means as a run never killed.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class LogWindow:
+    def __init__(self, accelerator, pending: list[float] = ()):
+        self.accelerator = accelerator
+        self.losses = [torch.tensor(x, device=accelerator.device) for x in pending]  # one per micro-batch
+        self.pairs, self.tokens, self.start = 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict) -> None:
+        self.losses.append(loss.float())
+        self.pairs += batch["query"]["input_ids"].shape[0]
+        self.tokens += int(batch["query"]["attention_mask"].sum() + batch["passage"]["attention_mask"].sum())
+
+    def close(self) -> dict:
+        """Mean loss (a collective: every process calls it), throughput of all processes; starts a new window."""
+        world, elapsed = self.accelerator.num_processes, time.perf_counter() - self.start
+        stats = {"loss": self.accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean").item(),
+                 "pairs_per_s": self.pairs * world / elapsed, "tokens_per_s": self.tokens * world / elapsed}
+        self.losses, self.pairs, self.tokens, self.start = [], 0, 0, time.perf_counter()
+        return stats
+
+    def pending(self) -> list[float]:
+        """The window's losses so far, averaged over processes (a collective), for a checkpoint."""
+        if not self.losses:
+            return []
+        return self.accelerator.reduce(torch.stack(self.losses), reduction="mean").tolist()
