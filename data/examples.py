@@ -13,18 +13,17 @@ counted and reported instead, never dropped silently.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
+from data.tables import DataError, iter_table, table_format
 
-
-class DataError(ValueError):
-    """A data file or row that cannot be used; the message names the file, the line and the field."""
+# NLI gold labels -> class ids of the 3-way softmax loss (evaluation's pair classification maps them differently:
+# evaluation/task_files.py NLI_IS_POSITIVE).
+NLI_CLASS_IDS = {"entailment": 0, "neutral": 1, "contradiction": 2}
 
 
 @dataclass
@@ -37,14 +36,14 @@ class Example:
     prompt: str | None = None
     label: float | int | None = None  # NLI class id (softmax loss) or a 0-1 similarity (cosine loss)
     source: str = ""  # "file:line", for messages
-    dataset: int = 0  # index of the training file it came from (same-dataset batches, per-file weights)
+    file_index: int = 0  # position of its training file in --train-data (same-file batches, per-file weights)
 
 
 def examples_digest(examples: list[Example]) -> str:
     """16 hex digits of SHA-256 over every example's content and file, in order (a resumed run checks it)."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps([ex.query, ex.pos, ex.neg, ex.pos_scores, ex.neg_scores, ex.prompt, ex.label, ex.dataset],
+        h.update(json.dumps([ex.query, ex.pos, ex.neg, ex.pos_scores, ex.neg_scores, ex.prompt, ex.label, ex.file_index],
                             ensure_ascii=False).encode())
     return h.hexdigest()[:16]
 
@@ -67,7 +66,7 @@ class LoadReport:
 
 # ------------------------------------------------------------------------------------------ raw rows
 def iter_raw_rows(path: str):
-    """Yield (line_number, dict) from a JSONL / TSV / CSV file, a datasets folder or a Hub dataset id."""
+    """Yield (line_number, dict) from a JSONL / TSV / CSV file (data/tables.py), a datasets folder or a Hub dataset id."""
     if os.path.isdir(path):
         yield from _iter_dataset(path)
         return
@@ -78,34 +77,10 @@ def iter_raw_rows(path: str):
         raise DataError(f"{path}: file not found")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
-    ext = os.path.splitext(path)[1].lower()
-    with open(path, encoding="utf-8") as f:
-        if ext in (".jsonl", ".json"):
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-                yield n, row
-        elif ext in (".tsv", ".csv", ".txt"):
-            # TSV fields are taken verbatim (QUOTE_NONE): NLI/STS sentences contain literal quote characters.
-            reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext != ".csv" else csv.reader(f))
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path}: file is empty")
-            header = [h.strip() for h in header]
-            for n, values in enumerate(reader, start=2):
-                if not values or not any(v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    raise DataError(f"{path}:{n}: {len(values)} columns, header has {len(header)} ({', '.join(header)})")
-                yield n, dict(zip(header, values))
-        else:
-            raise DataError(f"{path}: unknown file type {ext!r} (use .jsonl, .tsv or .csv, or a datasets folder)")
+    if table_format(path) is None:
+        raise DataError(f"{path}: unknown file type {os.path.splitext(path)[1].lower()!r} (use .jsonl, .tsv or .csv, "
+                        "or a datasets folder)")
+    yield from iter_table(path)
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -176,7 +151,7 @@ def _row_kind(row: dict, where: str) -> str:
         if "score" in row:
             return "scored"
         if "label" in row:
-            return "nli" if isinstance(row["label"], str) and row["label"] in NLI_LABELS else "scored_label"
+            return "nli" if isinstance(row["label"], str) and row["label"] in NLI_CLASS_IDS else "scored_label"
     raise DataError(f"{where}: cannot tell the row's format from its fields {sorted(row)}; expected query/pos, "
                     "anchor/positive, sentence1/sentence2/gold_label or sentence1/sentence2/score")
 
@@ -198,9 +173,9 @@ def parse_row(row: dict, where: str, score_max: float = 5.0):
     s1, s2 = _text(row, "sentence1", where), _text(row, "sentence2", where)
     if kind == "nli":
         raw = row.get("gold_label", row.get("label"))
-        if raw not in NLI_LABELS:
-            raise DataError(f"{where}: field 'gold_label' must be one of {sorted(NLI_LABELS)}, got {raw!r}")
-        return "nli", Example(s1, [s2], label=NLI_LABELS[raw], source=where)
+        if raw not in NLI_CLASS_IDS:
+            raise DataError(f"{where}: field 'gold_label' must be one of {sorted(NLI_CLASS_IDS)}, got {raw!r}")
+        return "nli", Example(s1, [s2], label=NLI_CLASS_IDS[raw], source=where)
     raw = row.get("score", row.get("label"))
     try:
         score = float(raw)
@@ -220,10 +195,10 @@ def nli_to_groups(pairs: list[Example], report: LoadReport) -> list[Example]:
     """
     by_premise: dict[str, Example] = {}
     for ex in pairs:
-        group = by_premise.setdefault(ex.query, Example(ex.query, [], [], source=ex.source, dataset=ex.dataset))
-        if ex.label == NLI_LABELS["entailment"]:
+        group = by_premise.setdefault(ex.query, Example(ex.query, [], [], source=ex.source, file_index=ex.file_index))
+        if ex.label == NLI_CLASS_IDS["entailment"]:
             group.pos.append(ex.pos[0])
-        elif ex.label == NLI_LABELS["contradiction"]:
+        elif ex.label == NLI_CLASS_IDS["contradiction"]:
             group.neg.append(ex.pos[0])
     groups = [g for g in by_premise.values() if g.pos]
     if len(groups) < len(by_premise):
@@ -262,7 +237,7 @@ def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_ma
                     raise
                 report.skipped[str(e).split(": ", 1)[1]] += 1
                 continue
-            ex.dataset = file_index
+            ex.file_index = file_index
             by_kind[kind].append(ex)
             report.rows += 1
         found = [k for k, v in by_kind.items() if v]

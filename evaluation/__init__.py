@@ -6,5 +6,5 @@
 - `tasks`         — command-line task requests -> tasks (hub names checked, hub data preloaded, specs parsed).
 - `clustering_metrics` — Hungarian clustering accuracy and NMI, reported next to mteb's V-measure.
 - `summary`       — `summary.json` and the printed table, with deltas against a reference file.
-- `fast`          — STS Spearman and nDCG@10 without mteb's machinery, for train.py's periodic evaluation.
+- `fast`          — STS Spearman without mteb's machinery, for train.py's periodic evaluation (--eval-sts).
 """

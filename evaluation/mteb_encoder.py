@@ -17,8 +17,6 @@ Queries are truncated at `settings.query_max_len`, everything else (documents an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -31,30 +29,14 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, encode_precision
+from models.bi_encoder import BiEncoder, EncoderSettings, encode_precision
+from models.loading import load_bi_encoder
+from models.revision import checkpoint_revision
 
 logger = logging.getLogger(__name__)
 
 # Settings that only change how texts are prompted or truncated: they can be overridden on an in-memory model.
 _ENCODING_OVERRIDES = ("query_prompt", "passage_prompt", "query_max_len", "passage_max_len")
-
-
-def load_bi_encoder(name_or_path: str, **overrides) -> BiEncoder:
-    """A BiEncoder from a local folder or a Hub id (downloaded first, so its sentence-transformers files are read).
-
-    `overrides` are EncoderSettings fields (None = keep the saved value). A plain sentence-transformers folder
-    (no `embedding_config.json`) truncates every input at one `max_seq_length`, so unless `query_max_len` is
-    given its queries get the passage length — the way sentence-transformers itself would encode them.
-    """
-    path = str(name_or_path)
-    if not os.path.isdir(path):
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(path)
-    model = BiEncoder.from_pretrained(path, **overrides)
-    if overrides.get("query_max_len") is None and not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
-        model.settings.query_max_len = model.settings.passage_max_len
-    return model
 
 
 def model_prompts(settings: EncoderSettings) -> dict[str, str]:
@@ -65,25 +47,6 @@ def model_prompts(settings: EncoderSettings) -> dict[str, str]:
     if settings.passage_prompt:
         prompts[PromptType.document.value] = settings.passage_prompt
     return prompts
-
-
-def checkpoint_revision(model: BiEncoder, settings: EncoderSettings, precision: str = "fp32") -> str:
-    """16 hex digits of SHA-256 over the weights, the tokenizer's identity, the encoding settings and, when it is
-    not fp32, the precision encoding runs in (bf16 moves scores in the 4th decimal).
-
-    Hashing the weights in memory (not a file) also covers models that were never saved; any change to weights,
-    prompts or lengths gives a new revision, so mteb's result cache cannot return an older checkpoint's scores.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.backbone.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy())  # raw bytes of any dtype, bf16 included
-    digest.update(f"{type(model.tokenizer).__name__}|{len(model.tokenizer)}".encode())
-    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    if precision != "fp32":
-        digest.update(f"precision={precision}".encode())
-    return digest.hexdigest()[:16]
 
 
 def _default_name(path: str) -> str:

@@ -4,8 +4,7 @@ Each reader returns plain Python data or raises exactly one error that names the
 and the problem — before any model is loaded or any text encoded, so a typo in a path costs seconds, not an
 encoding pass. Formats:
 
-- tables: `.tsv` (tab-separated, read with QUOTE_NONE because STS/NLI files contain literal quote characters),
-  `.csv` (standard CSV quoting) or `.jsonl` (one JSON object per line); the first TSV/CSV row is the header.
+- tables: `.tsv`, `.csv` or `.jsonl`, read by data/tables.py (the reader training uses too).
 - STS: `sentence1, sentence2, score` (any numeric range).
 - labelled texts (classification splits, clustering): `text` plus a label column (`label`, `labels` or `category`).
 - pair classification (NLI): `sentence1, sentence2, gold_label` (entailment → 1, neutral/contradiction → 0)
@@ -15,29 +14,23 @@ encoding pass. Formats:
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-# Some STS/NLI sentences are long; the csv module's default 128 KiB field limit is not a property of the data.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+from data.tables import TableError, iter_table, table_format
 
 LABEL_COLUMNS = ("label", "labels", "category")
-NLI_LABELS = {"entailment": 1, "neutral": 0, "contradiction": 0}
-TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl")
+# NLI gold labels -> pair-classification labels: entailment is the positive class (training's 3-way class ids are
+# data/examples.py NLI_CLASS_IDS).
+NLI_IS_POSITIVE = {"entailment": 1, "neutral": 0, "contradiction": 0}
+TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl")  # where a task folder's splits are looked for
 
 
-class TaskDataError(ValueError):
+class TaskDataError(TableError):
     """A task file exists but cannot be used as it is. The message reads `path[:line]: problem`."""
-
-    def __init__(self, path: str | Path, problem: str, line: int | None = None):
-        self.path, self.line, self.problem = str(path), line, problem
-        super().__init__(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
 
 
 class TaskFileNotFoundError(FileNotFoundError):
@@ -50,61 +43,22 @@ class TaskFileNotFoundError(FileNotFoundError):
 
 # ------------------------------------------------------------------ generic tables
 def read_table(path: str | Path, required: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a TSV/CSV/JSONL file as (line number, {column: value}), checked for the `required` columns."""
+    """Rows of a TSV/CSV/JSONL file (data/tables.py) as (line number, {column: value}), checked for the
+    `required` columns."""
     path = Path(path)
     if not path.is_file():
         raise TaskFileNotFoundError(path, "a .tsv, .csv or .jsonl file" if not path.is_dir() else "expected a file, got a folder")
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise TaskDataError(path, f"unsupported file type {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
     try:
-        rows = _read_jsonl(path) if suffix == ".jsonl" else _read_delimited(path, "\t" if suffix == ".tsv" else ",")
-    except UnicodeDecodeError as err:
-        raise TaskDataError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        rows = list(iter_table(path))
+    except TableError as err:
+        raise TaskDataError(err.path, err.problem, err.line) from None
     if not rows:
         raise TaskDataError(path, "has no data rows")
     for line, row in rows:
         missing = [c for c in required if c not in row]
         if missing:
             raise TaskDataError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(row) or 'none'}",
-                                line if suffix == ".jsonl" else None)
-    return rows
-
-
-def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict[str, str]]]:
-    """Header + rows; TSV without quoting (literal quotes stay text), CSV with standard quoting."""
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise TaskDataError(path, "is empty (expected a header row)")
-        header = [h.strip() for h in header]
-        rows = []
-        for fields in reader:
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
-            if len(fields) != len(header):
-                kind = "tab" if delimiter == "\t" else "comma"
-                raise TaskDataError(path, f"expected {len(header)} {kind}-separated fields ({', '.join(header)}), "
-                                          f"found {len(fields)}", reader.line_num)
-            rows.append((reader.line_num, dict(zip(header, fields))))
-    return rows
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskDataError(path, f"invalid JSON ({err.msg}, column {err.colno})", line_no) from None
-            if not isinstance(obj, dict):
-                raise TaskDataError(path, f"expected a JSON object, got {type(obj).__name__}", line_no)
-            rows.append((line_no, obj))
+                                line if table_format(path) == "jsonl" else None)
     return rows
 
 
@@ -225,9 +179,9 @@ def read_pair_classification(path: str | Path) -> LabelledPairs:
             raise TaskDataError(path, f"label column {label_column!r} missing", line)
         raw = str(row[label_column]).strip()
         if label_column == "gold_label":
-            if raw.lower() not in NLI_LABELS:
-                raise TaskDataError(path, f"gold_label must be one of {', '.join(NLI_LABELS)}, got {raw!r}", line)
-            label = NLI_LABELS[raw.lower()]
+            if raw.lower() not in NLI_IS_POSITIVE:
+                raise TaskDataError(path, f"gold_label must be one of {', '.join(NLI_IS_POSITIVE)}, got {raw!r}", line)
+            label = NLI_IS_POSITIVE[raw.lower()]
         else:
             if raw not in ("0", "1"):
                 raise TaskDataError(path, f"label must be 0 or 1, got {raw!r}", line)

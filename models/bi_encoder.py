@@ -126,11 +126,6 @@ class BiEncoder(nn.Module):
     def dim(self) -> int:
         return self.backbone.config.hidden_size
 
-    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        """Pad to the batch's longest sequence, rounded up to a multiple of 8 (tensor-core friendly)."""
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                              pad_to_multiple_of=8, return_tensors="pt")
-
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         """input_ids, attention_mask: [B, L] -> embeddings [B, H] (L2-normalised if settings.normalize)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # [B, L, H]

@@ -1,6 +1,6 @@
 """E5's consistency filter: keep a (query, positive) pair only if a model ranks the positive in the top-k.
 
-    python scripts/filter_consistency.py --model M --input pairs.jsonl [--corpus corpus.jsonl] --top-k 2 \
+    python -m scripts.filter_consistency --model M --input pairs.jsonl [--corpus corpus.jsonl] --top-k 2 \
         --output filtered.jsonl
 
 A positive's rank is the number of corpus passages — other than the row's own positives — that score strictly
@@ -12,15 +12,12 @@ file. Corpus embeddings share mine_hard_negatives.py's cache; the output is writ
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.examples import DataError, Example, load_examples  # noqa: E402
-from data.pipeline import (SEARCH_BACKENDS, Corpus, cache_dir_for, corpus_from, encode_passages_cached,  # noqa: E402
+from data.examples import DataError, Example, load_examples
+from evaluation.task_files import TaskDataError
+from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, cache_dir_for, corpus_from, encode_passages_cached,
                            example_to_row, load_encoder, passage_embeddings, query_texts, search, write_jsonl)
-from evaluation.task_files import TaskDataError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

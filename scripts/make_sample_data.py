@@ -15,12 +15,11 @@ and trained on with train.jsonl (BGE format): an English query, its Korean trans
 sentences that differ in exactly one slot as `neg` (hard negatives); a fifth of the rows are Korean→Korean
 (same meaning, another word order).
 
-    python scripts/make_sample_data.py --output data/sample      # deterministic: same files every run
+    python -m scripts.make_sample_data --output data/sample      # deterministic: same files every run
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random

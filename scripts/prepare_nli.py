@@ -1,6 +1,6 @@
 """NLI pairs (TSV/JSONL `sentence1, sentence2, gold_label`) -> BGE JSONL triplets for contrastive training.
 
-    python scripts/prepare_nli.py --input ../shared/data/train/kornli-pairs.tsv --output nli-triplets.jsonl --first
+    python -m scripts.prepare_nli --input ../shared/data/train/kornli-pairs.tsv --output nli-triplets.jsonl --first
 
 Each premise becomes one row {query: premise, pos: [entailments], neg: [contradictions]} (SimCSE / GTE style;
 neutral hypotheses are not used) through data/examples.py's `nli_to_groups`, the same conversion train.py
@@ -11,13 +11,10 @@ unless --allow-no-negative. The output is written atomically.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.examples import DataError, load_examples, nli_to_groups  # noqa: E402
-from data.pipeline import example_to_row, write_jsonl  # noqa: E402
+from data.examples import DataError, load_examples, nli_to_groups
+from scripts.lib.pipeline import example_to_row, write_jsonl
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Fill `pos_scores` / `neg_scores` of BGE JSONL rows with a teacher's scores (for --loss distill).
 
-    python scripts/score_with_teacher.py --teacher BAAI/bge-reranker-base --input mined.jsonl --output scored.jsonl
-    python scripts/score_with_teacher.py --teacher path/to/bi-encoder --input mined.jsonl --output scored.jsonl
+    python -m scripts.score_with_teacher --teacher BAAI/bge-reranker-base --input mined.jsonl --output scored.jsonl
+    python -m scripts.score_with_teacher --teacher path/to/bi-encoder --input mined.jsonl --output scored.jsonl
 
 The teacher is a cross-encoder reranker (a `...ForSequenceClassification` model with one output: the score is
 its logit for the (query, passage) pair) or a bi-encoder (the score is the dot product of its embeddings —
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
-from data.examples import DataError, Example, load_examples  # noqa: E402
-from data.pipeline import example_to_row, load_encoder, query_texts, write_jsonl  # noqa: E402
+from data.examples import DataError, Example, load_examples
+from scripts.lib.pipeline import example_to_row, load_encoder, query_texts, write_jsonl
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Split BGE JSONL rows into length-range files, as FlagEmbedding's split_data_by_length.py does offline.
 
-    python scripts/split_by_length.py --input scored.jsonl --tokenizer M --length-list 0 128 256 512 \
+    python -m scripts.split_by_length --input scored.jsonl --tokenizer M --length-list 0 128 256 512 \
         --output-dir split/
 
 A row's length is the token count (with special tokens, untruncated) of its longest text among query, positives
@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqdm.auto import tqdm  # noqa: E402
+from tqdm.auto import tqdm
 
-from data.examples import DataError, load_examples  # noqa: E402
-from data.pipeline import atomic_outputs, example_to_row  # noqa: E402
+from data.examples import DataError, load_examples
+from scripts.lib.pipeline import atomic_outputs, example_to_row
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,9 +3,9 @@
 Same model, same process, same batch size and max length; the two are timed alternately (A B B A ...) so machine
 load drifts affect both, and the median of the repeats is reported. Also prints the largest embedding difference.
 
-    python scripts/bench_encode.py --limit 600            # SciFact corpus (title + text), MiniLM weights
-    python scripts/bench_encode.py --file ../shared/data/sts/stsb-test.tsv --batch-size 64
-    python scripts/bench_encode.py --device cuda --st-autocast   # also time sentence-transformers under bf16 autocast
+    python -m benchmarks.bench_encode --limit 600            # SciFact corpus (title + text), MiniLM weights
+    python -m benchmarks.bench_encode --file ../shared/data/sts/stsb-test.tsv --batch-size 64
+    python -m benchmarks.bench_encode --device cuda --st-autocast   # also time sentence-transformers under bf16 autocast
 
 On CUDA ours runs in bf16 autocast (`--precision auto`) and sentence-transformers in its default fp32;
 `--st-autocast` adds a third runner, sentence-transformers inside the same bf16 autocast, for a like-for-like ratio.
@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from mteb.types import PromptType  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import torch
+from datasets import Dataset
+from mteb.types import PromptType
+from torch.utils.data import DataLoader
 
-from evaluation.fast import mteb_document_text  # noqa: E402
-from evaluation.local_tasks import local_task_metadata  # noqa: E402
-from evaluation.mteb_encoder import BiEncoderForMTEB  # noqa: E402
-from evaluation.task_files import read_table  # noqa: E402
-from models.bi_encoder import PRECISIONS  # noqa: E402
+from benchmarks.machine import cpu_model
+from data.text import mteb_document_text
+from evaluation.local_tasks import local_task_metadata
+from evaluation.mteb_encoder import BiEncoderForMTEB
+from evaluation.task_files import read_table
+from models.bi_encoder import PRECISIONS
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact" / "corpus.jsonl"
 
@@ -44,16 +43,6 @@ def read_texts(path: Path, limit: int | None) -> list[str]:
     if "sentence1" in rows[0]:
         return [row[c] for row in rows for c in ("sentence1", "sentence2")][:limit]
     sys.exit(f"{path}: no 'text' or 'sentence1' column")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

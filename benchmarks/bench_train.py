@@ -6,23 +6,23 @@ optimizer steps each. Each side runs in its own subprocess so peak memory is its
 allocated on GPU). Time is measured per optimizer step after --warmup-steps, so model loading and saving are
 left out on both sides. Ours uses its defaults (length-bucketed batches, pad to multiple of 8, SDPA).
 
-    python scripts/bench_train.py --steps 20 --batch-size 32
-    python scripts/bench_train.py --data ../shared/data/train/kornli-triplets.jsonl --max-len 128
+    python -m benchmarks.bench_train --steps 20 --batch-size 32
+    python -m benchmarks.bench_train --data ../shared/data/train/kornli-triplets.jsonl --max-len 128
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchmarks.machine import describe_machine
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "train", "kornli-triplets.jsonl")
 
 
@@ -135,13 +135,11 @@ def main() -> None:
         child(args)
         return
 
-    import torch
-
     rows = triplets(args.data)
     per_triplet = tokens_per_triplet(args.model, rows, args.max_len)
     results = {}
     for side in ("st", "ours"):
-        cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--model", args.model, "--side", side]
+        cmd = [sys.executable, "-m", "benchmarks.bench_train", *sys.argv[1:], "--model", args.model, "--side", side]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         print(f"running {side} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -150,10 +148,9 @@ def main() -> None:
             raise SystemExit(f"{side} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         results[side] = json.loads(line[len("RESULT "):])
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'cpu'}"
     print(f"\n{len(rows)} triplets from {args.data}; batch {args.batch_size}; max length {args.max_len}; "
           f"{args.steps} steps ({args.warmup_steps} untimed); {per_triplet:.1f} real tokens per triplet")
-    print(f"device {device}, {os.cpu_count()} CPUs, torch {torch.__version__}, python {platform.python_version()}")
+    print(f"machine: {describe_machine()}")
     print(f"{'':22}{'pairs/s':>10}{'tokens/s':>11}{'peak MiB':>10}")
     rate = {}
     for side, name in (("st", "sentence-transformers"), ("ours", "ours (train.py)")):

@@ -6,8 +6,8 @@ longest, multiple of 8) and counts padded vs real tokens in the query and passag
 
     waste = padded token positions / real tokens   (the multiple-of-8 rounding counts as padding)
 
-    python scripts/bench_padding.py                                   # KorNLI triplets (../shared/data)
-    python scripts/bench_padding.py --beir-corpus ../shared/data/retrieval/scifact/corpus.jsonl
+    python -m benchmarks.bench_padding                                   # KorNLI triplets (../shared/data)
+    python -m benchmarks.bench_padding --beir-corpus ../shared/data/retrieval/scifact/corpus.jsonl
                                                                       # SciFact (title → abstract) pairs
 """
 from __future__ import annotations
@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
-from data.bucket_sampler import BucketBatchSampler, text_ids, length_keys  # noqa: E402
-from data.collator import Collator  # noqa: E402
-from data.examples import Example, load_examples  # noqa: E402
-from data.groups import GroupedDataset  # noqa: E402
+from data.bucket_sampler import BucketBatchSampler, text_ids, length_keys
+from data.collator import Collator
+from data.examples import Example, load_examples
+from data.groups import GroupedDataset
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 

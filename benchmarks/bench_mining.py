@@ -1,7 +1,7 @@
 """Hard-negative mining throughput on a 100k-passage corpus: encoding, search and the whole mining call.
 
-    python scripts/bench_mining.py                      # 100k SciFact passages, MiniLM, faiss CPU + torch
-    python scripts/bench_mining.py --passages 20000 --encode-sample 1000
+    python -m benchmarks.bench_mining                      # 100k SciFact passages, MiniLM, faiss CPU + torch
+    python -m benchmarks.bench_mining --passages 20000 --encode-sample 1000
 
 Corpus: passages cut from ../shared/data/retrieval/scifact/corpus.jsonl at run time — every abstract's
 sentences, then windows of 2, 3, ... consecutive sentences — until --passages unique texts (nothing is copied
@@ -9,7 +9,7 @@ into the repository). Queries: SciFact's 1,109 claims, each given one random cor
 (throughput does not depend on which). Measured separately:
   1. encoding: queries/s and passages/s of BiEncoder.encode (passages on a random --encode-sample subset);
   2. search: exact top-100 of every query over all passage embeddings, faiss IndexFlatIP and chunked torch;
-  3. mining: mine_hard_negatives.mine() end to end with the corpus embeddings already computed (query encoding +
+  3. mining: scripts/lib/mining.py mine() end to end with the corpus embeddings already computed (query encoding +
      search + filtering + sampling), as queries/s.
 All passage embeddings are real model outputs, computed once and kept in --cache-dir (that one-off corpus
 encoding is timed too when it happens); --synthetic-corpus-embeddings instead fills the corpus with random unit
@@ -23,20 +23,18 @@ import os
 import random
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from data.examples import Example  # noqa: E402
-from data.pipeline import Corpus, encode_passages_cached, read_corpus, search  # noqa: E402
-from evaluation.mteb_encoder import load_bi_encoder  # noqa: E402
-from evaluation.task_files import read_table  # noqa: E402
-from scripts.bench_encode import cpu_model  # noqa: E402
-from scripts.mine_hard_negatives import mine  # noqa: E402
+from benchmarks.machine import cpu_model
+from data.examples import Example
+from evaluation.task_files import read_table
+from models.loading import load_bi_encoder
+from scripts.lib.mining import mine
+from scripts.lib.pipeline import Corpus, encode_passages_cached, read_corpus, search
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact"
 

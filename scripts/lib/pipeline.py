@@ -1,5 +1,5 @@
 """Shared by the offline data-pipeline scripts (scripts/mine_hard_negatives.py, score_with_teacher.py,
-split_by_length.py, filter_consistency.py, prepare_nli.py): corpus reading, all-or-nothing output files, the
+split_by_length.py, filter_consistency.py, prepare_nli.py) and benchmarks/bench_mining.py: corpus reading, all-or-nothing output files, the
 on-disk corpus-embedding cache and exact inner-product top-k search.
 
 Outputs are written to a temporary file beside the target and renamed into place only when complete, so a run
@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from data.examples import DataError, Example
-from evaluation.fast import mteb_document_text
+from data.text import mteb_document_text
 from evaluation.task_files import read_table
+from models.bi_encoder import encode_precision
+from models.loading import load_bi_encoder
+from models.revision import checkpoint_revision
 
 
 # ------------------------------------------------------------------ output
@@ -122,8 +125,6 @@ def query_texts(examples: list[Example], default_prompt: str) -> list[str]:
 
 def load_encoder(name_or_path: str):
     """A BiEncoder (folder or Hub id, read as evaluation reads it) on the GPU when there is one."""
-    from evaluation.mteb_encoder import load_bi_encoder
-
     return load_bi_encoder(name_or_path).to("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -137,15 +138,12 @@ def cache_dir_for(output: str, cache_dir: str | None, no_cache: bool) -> str | N
 def encode_passages_cached(model, texts: list[str], cache_dir: str | Path | None, batch_size: int = 64) -> torch.Tensor:
     """Passage embeddings [N, D] (fp32, CPU); cached on disk under a key of model revision + settings + texts.
 
-    The key hashes the weights in memory (evaluation.mteb_encoder.checkpoint_revision), the encoding settings
+    The key hashes the weights in memory (models/revision.py checkpoint_revision), the encoding settings
     and every text in order, so any change to model, prompt, length or corpus misses the cache.
     """
     if cache_dir is None:
         return model.encode(texts, batch_size, model.settings.passage_prompt, model.settings.passage_max_len,
                             show_progress=True)
-    from evaluation.mteb_encoder import checkpoint_revision
-    from models.bi_encoder import encode_precision
-
     precision = encode_precision("auto", next(model.parameters()).device)  # what model.encode below runs in
     digest = hashlib.sha256(checkpoint_revision(model, model.settings, precision).encode())
     for t in texts:

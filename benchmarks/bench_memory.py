@@ -1,7 +1,7 @@
 """Peak memory and throughput of one training step vs global batch size, with and without GradCache.
 
-    python scripts/bench_memory.py                       # CPU: BERT-tiny-sized model, batches 256/1024/4096
-    python scripts/bench_memory.py --device cuda         # GPU: BERT-base, bf16, batches up to 16384, + tokens/s, MFU
+    python -m benchmarks.bench_memory                       # CPU: BERT-tiny-sized model, batches 256/1024/4096
+    python -m benchmarks.bench_memory --device cuda         # GPU: BERT-base, bf16, batches up to 16384, + tokens/s, MFU
 
 Each (batch, GradCache on/off) runs in a fresh subprocess, because peak RSS (ru_maxrss) never goes down within one.
 The step is train.py's: `training.step.train_step` (InfoNCE on query/positive pairs, dropout on) + AdamW, single
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.machine import describe_machine
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 
@@ -43,7 +45,6 @@ def one_run(args) -> dict:
     from accelerate import Accelerator
     from transformers import BertModel
 
-    sys.path.insert(0, REPO)
     from losses import build_loss
     from models.bi_encoder import BiEncoder, EncoderSettings
     from training.step import train_step
@@ -102,17 +103,6 @@ def one_run(args) -> dict:
     return out
 
 
-def machine() -> str:
-    import platform
-
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{model}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -146,8 +136,8 @@ def main() -> None:
     results = []
     for batch in batches:
         for chunk in ([0] if not args.no_uncached else []) + [args.chunk]:
-            cmd = [sys.executable, __file__, "--one", "--device", args.device, "--batch", str(batch), "--chunk",
-                   str(chunk), "--query-len", str(args.query_len), "--passage-len", str(args.passage_len),
+            cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--one", "--device", args.device, "--batch",
+                   str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len), "--passage-len", str(args.passage_len),
                    "--steps", str(args.steps), "--threads", str(args.threads)]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
@@ -161,7 +151,7 @@ def main() -> None:
             results.append(json.loads(line[len("RESULT "):]))
             print(f"batch {batch} chunk {chunk}: {results[-1]}", file=sys.stderr)
     mib = 2 ** 20
-    print(f"\nMachine: {machine()}")
+    print(f"\nMachine: {describe_machine()}")
     print(f"Model: {model_config(args.device).num_hidden_layers} layers, hidden {model_config(args.device).hidden_size}; "
           f"query {args.query_len} + passage {args.passage_len} tokens; InfoNCE, AdamW; GradCache chunk {args.chunk}\n")
     mem = "peak CUDA allocated (MiB)" if cuda else "peak RSS (MiB)"
@@ -189,7 +179,7 @@ def main() -> None:
                   f" of uncached")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)
+            json.dump({"machine": describe_machine(), "args": vars(args), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

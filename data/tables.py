@@ -1,0 +1,103 @@
+"""The one reader of table files (JSONL, TSV, CSV), for training data (data/examples.py) and evaluation task files
+(evaluation/task_files.py).
+
+- `.jsonl` (also `.json`): one JSON object per line; blank lines are skipped.
+- `.tsv` (also `.txt`): tab-separated with a header row, fields taken verbatim (QUOTE_NONE): STS/NLI sentences
+  contain literal quote characters.
+- `.csv`: comma-separated with a header row and standard CSV quoting.
+
+Every file is decoded as UTF-8 with an optional byte-order mark (`utf-8-sig`), so a header written by a
+spreadsheet program reads like any other. A line with no text is skipped; any other row must have as many
+fields as the header. Problems raise `TableError("path:line: problem")` naming the file and, where there is
+one, the line. The reader streams (a generator), so a caller can read files larger than memory.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+# Suffix -> format. Evaluation looks for task splits by the first three only (evaluation/task_files.py).
+TABLE_FORMATS = {".jsonl": "jsonl", ".tsv": "tsv", ".csv": "csv", ".json": "jsonl", ".txt": "tsv"}
+# Some STS/NLI sentences are long; the csv module's default 128 KiB field limit is not a property of the data.
+FIELD_SIZE_LIMIT = min(sys.maxsize, 2**31 - 1)
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file, the line and the field."""
+
+
+class TableError(DataError):
+    """A table file that cannot be read as a table. The message reads `path[:line]: problem`."""
+
+    def __init__(self, path: str | Path, problem: str, line: int | None = None):
+        self.path, self.line, self.problem = str(path), line, problem
+        super().__init__(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
+
+
+def table_format(path: str | Path) -> str | None:
+    """"jsonl", "tsv" or "csv" from the file's suffix; None for any other suffix."""
+    return TABLE_FORMATS.get(Path(path).suffix.lower())
+
+
+def iter_table(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, {column: value}) for every row of a .jsonl / .tsv / .csv file.
+
+    The caller checks that the file exists (training and evaluation say different things when it does not).
+    """
+    fmt = table_format(path)
+    if fmt is None:
+        raise TableError(path, f"unsupported file type {Path(path).suffix.lower()!r}; use one of "
+                               f"{', '.join(TABLE_FORMATS)}")
+    try:
+        yield from _iter_jsonl(path) if fmt == "jsonl" else _iter_delimited(path, "\t" if fmt == "tsv" else ",")
+    except UnicodeDecodeError as err:
+        raise TableError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+
+
+def _iter_jsonl(path: str | Path):
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TableError(path, f"invalid JSON ({err.msg}, column {err.colno})", line_no) from None
+            if not isinstance(row, dict):
+                raise TableError(path, f"expected a JSON object, got {type(row).__name__}", line_no)
+            yield line_no, row
+
+
+def _iter_delimited(path: str | Path, delimiter: str):
+    """Header + rows; TSV without quoting (literal quotes stay text), CSV with standard quoting."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = _next_row(reader)
+        if header is None or not any(h.strip() for h in header):
+            raise TableError(path, "is empty (expected a header row)")
+        header = [h.strip() for h in header]
+        while (fields := _next_row(reader)) is not None:
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # a line with no text
+            if len(fields) != len(header):
+                kind = "tab" if delimiter == "\t" else "comma"
+                raise TableError(path, f"expected {len(header)} {kind}-separated fields ({', '.join(header)}), "
+                                       f"found {len(fields)}", reader.line_num)
+            yield reader.line_num, dict(zip(header, fields))
+
+
+def _next_row(reader) -> list[str] | None:
+    """The reader's next row with the csv field-size limit raised only while it parses that row.
+
+    `csv.field_size_limit` is global to the process; setting it for the duration of one parse and restoring it
+    keeps this reader from changing how any other code's csv reading behaves.
+    """
+    previous = csv.field_size_limit(FIELD_SIZE_LIMIT)
+    try:
+        return next(reader, None)
+    finally:
+        csv.field_size_limit(previous)
