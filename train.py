@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cli_config import parse_config
-from data.bucket_sampler import build_train_sampler, check_sampler_options
+from data.bucket_sampler import check_sampler_options
 from data.collator import Collator
 from data.examples import DataError, load_examples, pair_kind_for
 from data.groups import GroupedDataset
+from data.train_sampler import build_train_sampler
 from losses import LOSS_NAMES, build_loss
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder

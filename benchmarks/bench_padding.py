@@ -17,13 +17,13 @@ import json
 import os
 import time
 
-
 from transformers import AutoTokenizer
 
-from data.bucket_sampler import BucketBatchSampler, text_ids, length_keys
+from data.bucket_sampler import BucketBatchSampler
 from data.collator import Collator
 from data.examples import Example, load_examples
 from data.groups import GroupedDataset
+from data.sampler_inputs import length_keys, text_ids
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
@@ -37,6 +37,17 @@ def beir_title_pairs(path: str) -> list[Example]:
             if row.get("title") and row.get("text"):
                 out.append(Example(row["title"], [row["text"]], source=f"{path}:{n}"))
     return out
+
+
+def bge_max_keys(examples: list[Example], tokenizer, query_max_len: int, passage_max_len: int) -> list[int]:
+    """BGE's split_by_length key: max(query tokens, longest passage's tokens), not rounded to 8, truncated like
+    `sampler_inputs.length_keys` (a row's own prompt on its query)."""
+    def counts(texts: list[str], max_len: int) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]]
+
+    queries = counts([(ex.prompt or "") + ex.query for ex in examples], query_max_len)
+    passages = iter(counts([t for ex in examples for t in ex.pos + ex.neg], passage_max_len))
+    return [max(q, *(next(passages) for _ in ex.pos + ex.neg)) for ex, q in zip(examples, queries)]
 
 
 def padding(sampler: BucketBatchSampler, dataset: GroupedDataset, collate: Collator, epochs: int) -> dict:
@@ -91,30 +102,29 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     keys = length_keys(examples, tokenizer, a.query_max_len, a.passage_max_len)
     t_len = time.perf_counter() - t0
-    common = dict(seed=a.seed, world_size=a.world_size, texts=text_ids(examples))
+    common = dict(seed=a.seed, world_size=a.world_size, text_ids=text_ids(examples))
     samplers = {"random batches": BucketBatchSampler(len(examples), a.batch_size, **common)}
     for n in ([0] if a.bucket_boundaries else a.num_buckets):
-        bucketed = BucketBatchSampler(len(examples), a.batch_size, lengths=keys, num_buckets=n,
+        bucketed = BucketBatchSampler(len(examples), a.batch_size, length_keys=keys, num_buckets=n,
                                       boundaries=a.bucket_boundaries, **common)
         samplers[f"{bucketed.num_buckets} buckets"] = bucketed
         if a.bge_key:
-            bge = [max(p, q) for p, q in length_keys(examples, tokenizer, a.query_max_len, a.passage_max_len,
-                                                     progress=False, exact=True)]
+            bge = bge_max_keys(examples, tokenizer, a.query_max_len, a.passage_max_len)
             samplers[f"{bucketed.num_buckets} BGE max"] = BucketBatchSampler(
-                len(examples), a.batch_size, lengths=bge, num_buckets=bucketed.num_buckets, **common)
+                len(examples), a.batch_size, length_keys=bge, num_buckets=bucketed.num_buckets, **common)
     rows = {name: padding(smp, dataset, collate, a.epochs) for name, smp in samplers.items()}
 
     print(f"{name_of_data}: {len(examples)} examples, batch {a.batch_size}×{a.world_size}, group size "
           f"{a.group_size}, max len {a.query_max_len}/{a.passage_max_len}, {a.epochs} epoch(s); length keys of all "
           f"examples in {t_len:.1f}s")
     for name, smp in samplers.items():
-        if smp.lengths is not None:
+        if smp.length_keys is not None:
             print(f"[{name}] {smp.describe()}")
     base = rows["random batches"]["waste"]
     print(f"{'':16} {'batches':>8} {'mixed':>6} {'real tokens':>12} {'padding':>10} {'waste':>7} {'vs random':>9}")
     for name, r in rows.items():
         smp = samplers[name]
-        mixed = smp.plan(0).mixed if smp.lengths is not None else 0
+        mixed = smp.plan(0).mixed if smp.length_keys is not None else 0
         print(f"{name:16} {r['batches']:8d} {mixed:6d} {r['real']:12d} {r['padded']:10d} {r['waste']:7.3f} "
               f"{base / max(r['waste'], 1e-12):8.1f}×")
     return {"rows": rows}

@@ -1,4 +1,7 @@
-"""Batch sampler for contrastive training: length buckets, same-file batches with weights, no duplicate texts.
+"""The batch planner for contrastive training: length buckets, same-file batches with weights, no duplicate texts.
+
+It works on per-example inputs given as sequences — length keys, text ids, file index (data/sampler_inputs.py
+computes them from the examples; data/train_sampler.py wires it all up for train.py) — and never sees a text.
 
 Every step draws one *global* batch (batch_size × world_size examples) and gives rank r the slice
 [r·B, (r+1)·B). All ranks compute the same plan from (seed, epoch) without talking to each other, so they
@@ -6,18 +9,18 @@ agree on every global batch, see similar lengths at each step and run the same n
 
 How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
 
-1. Groups. Examples are grouped by training file when `same_dataset` is on (BGE's `same_dataset_within_batch`:
-   every global batch comes from one file), else all examples form one group.
-2. One pass over a group. Inside a group, examples are split into length buckets by a length key: the longest
-   positive / negative in tokens (rounded up to 8), then the query's tokens (`length_keys`; BGE's
+1. Pools. A batch is drawn from one pool of examples: its training file when `same_file` is on (BGE's
+   `same_dataset_within_batch`: every global batch comes from one file), else all examples form one pool.
+2. One pass over a pool. Inside a pool, examples are split into length buckets by a length key: the longest
+   positive / negative in tokens (rounded up to 8), then the query's tokens (`sampler_inputs.length_keys`; BGE's
    split_by_length uses max(query, passages), which any int key reproduces). Buckets are ranges of that key
    holding about equal numbers of examples (`quantile_boundaries`) or given by token edges. Each bucket is
    shuffled and cut into full global batches ("pure" batches: every example from one bucket).
-   Leftovers: each bucket's last incomplete batch is not dropped. The leftovers of all buckets of the group are
+   Leftovers: each bucket's last incomplete batch is not dropped. The leftovers of all buckets of the pool are
    sorted by length and cut into full global batches ("mixed" batches, spanning neighbouring buckets; at most
    one fewer than the number of buckets per pass). Only what is still left after that — fewer than one global
-   batch per group and pass — sits out this epoch (counted in `left_out`); the reshuffle of the next epoch
-   leaves out different examples. So a pass yields floor(N_group / global_batch) batches, like plain random
+   batch per pool and pass — sits out this epoch (counted in `left_out`); the reshuffle of the next epoch
+   leaves out different examples. So a pass yields floor(N_pool / global_batch) batches, like plain random
    batching, with all but a handful of them single-bucket.
    Duplicates: while a batch is filled, an example whose query or positive text is already in the batch as a
    query, positive or hard negative — or whose hard negative is already there as a query or positive — is
@@ -27,7 +30,7 @@ How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
    be one too. Texts compare by exact string equality. Random negatives that GroupedDataset draws from the
    corpus for rows with too few hard negatives are picked per epoch after batching and are not checked.
 3. Order. Batches of a pass are shuffled, so the buckets come in random order. Without weights the epoch
-   interleaves the groups' batches in a random order, each batch once. With `dataset_weights`, each step's
+   interleaves the pools' batches in a random order, each batch once. With `file_weights`, each step's
    file is drawn with probability w_d / Σw (a seeded generator). Either way an epoch has
    Σ_d floor(N_d / global_batch) steps — one pass over all data's worth. A file that runs out of batches
    within the epoch (upsampled by its weight, or short of batches because duplicates could not be placed)
@@ -49,85 +52,9 @@ from typing import Callable, Sequence
 
 from torch.utils.data import Sampler
 
-from data.examples import examples_digest
-
 MIXED = -1  # `GlobalBatch.bucket` of a batch made of several buckets' leftovers
-ALL_FILES = -1  # `GlobalBatch.dataset` when batches are not kept to one file
+ALL_FILES = -1  # `GlobalBatch.file` when batches are not kept to one file (the one pool is all the data)
 MAX_FRONT_DEFERRED = 1  # × global batch: deferred examples kept at the queue's front; more go to its back
-
-
-# ------------------------------------------------------------------------------------------ inputs
-def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
-                passage_prompt: str = "", chunk: int = 1024, progress: bool = True,
-                exact: bool = False) -> list[tuple[int, int]]:
-    """Per example (longest passage in tokens rounded up to a multiple of 8, query tokens): the bucket sort key.
-
-    Queries and passages are padded separately, to their own longest in the batch, and a batch holds G passages
-    per query, so batches are sorted by passage length first (rounded to the collator's multiple of 8: lengths
-    within one multiple pad alike) and by query length within that. BGE sorts by max(query, passages) instead;
-    that lumps together rows whose long side is the query with rows whose long side is a passage (measured in
-    benchmarks/README.md). Lengths are what the collator will see: queries with their prompt (a row's own
-    `prompt` wins) truncated to query_max_len, every positive and negative with passage_prompt truncated to
-    passage_max_len; tokenised in chunks of `chunk` examples by the fast tokenizer, without padding.
-    exact: passage lengths not rounded (e.g. to build BGE's max(query, passages) key).
-    """
-    from tqdm.auto import tqdm
-
-    def lengths(texts: list[str], max_len: int) -> list[int]:
-        if not texts:
-            return []
-        ids = tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-        return [len(x) for x in ids]
-
-    out: list[tuple[int, int]] = []
-    for start in tqdm(range(0, len(examples), chunk), desc="token lengths", unit="chunk", disable=not progress,
-                      total=-(-len(examples) // chunk)):
-        part = examples[start:start + chunk]
-        q = lengths([(ex.prompt if ex.prompt is not None else query_prompt) + ex.query for ex in part],
-                    query_max_len)
-        p = lengths([passage_prompt + t for ex in part for t in ex.pos + ex.neg], passage_max_len)
-        at = 0
-        for ex, q_len in zip(part, q):
-            n = len(ex.pos) + len(ex.neg)
-            longest = max(p[at:at + n])
-            out.append((longest if exact else -(-longest // 8) * 8, q_len))
-            at += n
-    return out
-
-
-def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
-                       passage_prompt: str = "", rank: int = 0, world_size: int = 1,
-                       progress: bool = True) -> list[tuple[int, int]]:
-    """`length_keys` of all examples on every process, each process tokenising only every world_size-th example
-    (then all_gather_object): start-up tokenising is split W ways instead of repeated W times. Without a process
-    group of that size (one process, or ranks simulated in one process) it computes all of them here."""
-    import torch.distributed as dist
-
-    if world_size == 1 or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size):
-        return length_keys(examples, tokenizer, query_max_len, passage_max_len, query_prompt, passage_prompt,
-                           progress=progress)
-    mine = length_keys(examples[rank::world_size], tokenizer, query_max_len, passage_max_len, query_prompt,
-                       passage_prompt, progress=progress)
-    parts: list = [None] * world_size
-    dist.all_gather_object(parts, mine)
-    out: list = [None] * len(examples)
-    for r, part in enumerate(parts):
-        out[r::world_size] = part
-    return out
-
-
-def text_ids(examples) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Per example: (ids of its query and positives, ids of its hard negatives); equal strings, equal ids.
-
-    Ids are given in order of first appearance, so they are the same in every process.
-    """
-    ids: dict[str, int] = {}
-
-    def get(t: str) -> int:
-        return ids.setdefault(t, len(ids))
-
-    return [(tuple({get(ex.query), *map(get, ex.pos)}), tuple(set(map(get, ex.neg)))) for ex in examples]
 
 
 def quantile_boundaries(keys: Sequence, num_buckets: int) -> list:
@@ -156,17 +83,19 @@ def auto_num_buckets(num_examples: int, global_batch: int, most: int = 64) -> in
     return max(1, min(most, num_examples // (2 * global_batch)))
 
 
-def check_sampler_options(num_files: int, dataset_weights: Sequence[float] | None, same_dataset: bool,
+def check_sampler_options(num_files: int, file_weights: Sequence[float] | None, same_file: bool,
                           boundaries: Sequence[int] | None) -> None:
-    """Raise ValueError with what to change for inconsistent options (cheap: call it before loading a model)."""
-    if dataset_weights:
-        w = [float(x) for x in dataset_weights]
+    """Raise ValueError with what to change for inconsistent options (cheap: call it before loading a model).
+
+    Messages name train.py's options (--dataset-weights, --same-dataset-batches)."""
+    if file_weights:
+        w = [float(x) for x in file_weights]
         if len(w) != num_files:
             raise ValueError(f"{len(w)} dataset weights for {num_files} training files; give one weight per file, "
                              "in the order of --train-data")
         if any(not x >= 0 for x in w) or sum(w) <= 0:
             raise ValueError(f"dataset weights must be ≥ 0 with a positive sum, got {w}")
-        if not same_dataset:
+        if not same_file:
             raise ValueError("dataset weights choose the file of each batch, so they need same-dataset batches "
                              "(add --same-dataset-batches)")
     if boundaries:
@@ -179,7 +108,7 @@ def check_sampler_options(num_files: int, dataset_weights: Sequence[float] | Non
 @dataclass
 class GlobalBatch:
     indices: list[int]  # batch_size × world_size example indices; rank r takes [r·B, (r+1)·B)
-    dataset: int  # file index, or ALL_FILES
+    file: int  # file index, or ALL_FILES
     bucket: int  # length bucket, or MIXED
 
 
@@ -187,8 +116,8 @@ class GlobalBatch:
 class EpochPlan:
     batches: list[GlobalBatch]
     deferred: int = 0  # times an example was put off to a later batch because a text was already in the batch
-    left_out: int = 0  # examples in no batch of this epoch's first pass of their group (see module docstring)
-    extra_passes: int = 0  # fresh passes started because a group ran out of batches within the epoch
+    left_out: int = 0  # examples in no batch of this epoch's first pass of their pool (see module docstring)
+    extra_passes: int = 0  # fresh passes started because a pool ran out of batches within the epoch
     mixed: int = field(init=False)
 
     def __post_init__(self):
@@ -198,70 +127,73 @@ class EpochPlan:
 class BucketBatchSampler(Sampler[list[int]]):
     """Yields this rank's slice of each global batch; the algorithm is in the module docstring.
 
-    lengths: per example a length key — (passage tokens rounded to 8, query tokens) from `length_keys`, or any
-        int such as BGE's max length — or None for no length buckets (random batches).
+    length_keys: per example a length key — (passage tokens rounded to 8, query tokens) from
+        `sampler_inputs.length_keys`, or any int such as BGE's max length — or None for no length buckets
+        (random batches).
     boundaries: inclusive upper edges of the buckets in tokens of the key's first part, e.g. [32, 64, 128]
         (passage lengths); None = `num_buckets` buckets of about equal size (`quantile_boundaries`).
     num_buckets: 0 = `auto_num_buckets` (2+ global batches per bucket, at most 64).
-    datasets: file index per example (`Example.dataset`); used with same_dataset / dataset_weights.
-    texts: `text_ids(examples)` to keep duplicate texts out of a global batch; None = no check.
+    file_index: per example, the index of its training file (`Example.file_index`); used with same_file /
+        file_weights. file_names: for messages.
+    text_ids: `sampler_inputs.text_ids(examples)` to keep duplicate texts out of a global batch; None = no check.
+    content_digest: returns a hash of the examples' content, for the resume fingerprint (computed on first use).
     """
 
     def __init__(self, num_examples: int, batch_size: int, *, seed: int = 42, rank: int = 0, world_size: int = 1,
-                 lengths: Sequence | None = None, boundaries: Sequence[int] | None = None, num_buckets: int = 0,
-                 datasets: Sequence[int] | None = None, same_dataset: bool = False,
-                 dataset_weights: Sequence[float] | None = None, dataset_names: Sequence[str] | None = None,
-                 texts: Sequence[tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+                 length_keys: Sequence | None = None, boundaries: Sequence[int] | None = None, num_buckets: int = 0,
+                 file_index: Sequence[int] | None = None, same_file: bool = False,
+                 file_weights: Sequence[float] | None = None, file_names: Sequence[str] | None = None,
+                 text_ids: Sequence[tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
                  content_digest: Callable[[], str] | None = None):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}")
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.global_batch = batch_size * world_size
-        for name, seq in (("lengths", lengths), ("datasets", datasets), ("texts", texts)):
+        for name, seq in (("length_keys", length_keys), ("file_index", file_index), ("text_ids", text_ids)):
             if seq is not None and len(seq) != num_examples:
                 raise ValueError(f"{name} has {len(seq)} entries for {num_examples} examples")
         if num_examples < self.global_batch:
             raise ValueError(f"{num_examples} training examples are fewer than one global batch "
                              f"({batch_size} per process × {world_size} processes); lower --batch-size")
-        files = list(datasets) if datasets is not None else [0] * num_examples
+        files = list(file_index) if file_index is not None else [0] * num_examples
         self.num_files = max(files) + 1
-        self.dataset_names = list(dataset_names) if dataset_names else [f"file {d}" for d in range(self.num_files)]
-        check_sampler_options(len(self.dataset_names), dataset_weights, same_dataset, boundaries)
-        self.lengths = list(lengths) if lengths is not None else None
-        self.texts = texts
+        self.file_names = list(file_names) if file_names else [f"file {d}" for d in range(self.num_files)]
+        check_sampler_options(len(self.file_names), file_weights, same_file, boundaries)
+        self.length_keys = list(length_keys) if length_keys is not None else None
+        self.text_ids = text_ids
         # hash of the examples themselves (data.examples.examples_digest), computed on first use: only checkpoints
         # need it, and on millions of rows it takes seconds
         self._content_digest, self._digest = content_digest, None
 
         # buckets
-        if self.lengths is None:
+        if self.length_keys is None:
             self.boundaries: list[int] = []
         elif boundaries:  # on the first part of tuple keys: (b, inf) sorts after every (b, query length)
-            tuple_keys = isinstance(self.lengths[0], tuple)
+            tuple_keys = isinstance(self.length_keys[0], tuple)
             self.boundaries = [(int(x), float("inf")) if tuple_keys else int(x) for x in boundaries]
         else:
             self.boundaries = quantile_boundaries(
-                self.lengths, num_buckets or auto_num_buckets(num_examples, self.global_batch))
-        self.bucket_of = ([bisect.bisect_left(self.boundaries, n) for n in self.lengths] if self.lengths is not None
+                self.length_keys, num_buckets or auto_num_buckets(num_examples, self.global_batch))
+        self.bucket_of = ([bisect.bisect_left(self.boundaries, n) for n in self.length_keys] if self.length_keys is not None
                           else [0] * num_examples)
         self.num_buckets = len(self.boundaries) + 1
 
-        # groups (files)
-        self.weights = [float(x) for x in dataset_weights] if dataset_weights else None
-        self.same_dataset = same_dataset
-        group_of = files if same_dataset else [0] * num_examples
-        self.groups = sorted(set(group_of))
-        # per group, per bucket: example indices in ascending order (shuffled per pass)
-        self._members = {g: [[] for _ in range(self.num_buckets)] for g in self.groups}
-        for i, (g, b) in enumerate(zip(group_of, self.bucket_of)):
-            self._members[g][b].append(i)
-        self._group_size = {g: sum(map(len, self._members[g])) for g in self.groups}
-        self._nominal = {g: self._group_size[g] // self.global_batch for g in self.groups}
-        for g in self.groups:
-            usable = self.weights is None or self.weights[g] > 0
-            if self._nominal[g] == 0 and usable:
-                raise ValueError(f"{self.dataset_names[g]} has {self._group_size[g]} examples, fewer than one global "
+        # pools: one per file with same-file batches, else one for all
+        self.weights = [float(x) for x in file_weights] if file_weights else None
+        self.same_file = same_file
+        pool_of = files if same_file else [0] * num_examples
+        self.pools = sorted(set(pool_of))
+        # per pool, per bucket: example indices in ascending order (shuffled per pass)
+        self._members = {p: [[] for _ in range(self.num_buckets)] for p in self.pools}
+        for i, (p, b) in enumerate(zip(pool_of, self.bucket_of)):
+            self._members[p][b].append(i)
+        self._pool_size = {p: sum(map(len, self._members[p])) for p in self.pools}
+        self._nominal = {p: self._pool_size[p] // self.global_batch for p in self.pools}
+        for p in self.pools:
+            usable = self.weights is None or self.weights[p] > 0
+            if self._nominal[p] == 0 and usable:
+                raise ValueError(f"{self.file_names[p]} has {self._pool_size[p]} examples, fewer than one global "
                                  f"batch ({batch_size} per process × {world_size} processes), so with same-dataset "
                                  "batches it can never form a batch; merge it with another file, lower --batch-size, "
                                  "give it weight 0, or drop --same-dataset-batches")
@@ -282,12 +214,12 @@ class BucketBatchSampler(Sampler[list[int]]):
     def fingerprint(self) -> str:
         """Hash of everything the plan depends on except (seed, epoch): data order, buckets, files, settings."""
         h = hashlib.sha256()
-        h.update(repr((self.num_examples, self.global_batch, self.boundaries, self.same_dataset, self.weights,
+        h.update(repr((self.num_examples, self.global_batch, self.boundaries, self.same_file, self.weights,
                        self.content_digest())).encode())
         h.update(bytes(b % 256 for b in self.bucket_of))
-        h.update(repr(sorted(self._group_size.items())).encode())
-        if self.texts is not None:
-            h.update(repr(self.texts[:1000]).encode())
+        h.update(repr(sorted(self._pool_size.items())).encode())
+        if self.text_ids is not None:
+            h.update(repr(self.text_ids[:1000]).encode())
         return h.hexdigest()[:16]
 
     def state_dict(self, batches_consumed: int | None = None) -> dict:
@@ -327,32 +259,32 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _plan(self, epoch: int) -> EpochPlan:
         rng = random.Random(f"{self.seed}:{epoch}:order")
         if self.weights is None:
-            order = [g for g in self.groups for _ in range(self._nominal[g])]
+            order = [p for p in self.pools for _ in range(self._nominal[p])]
             rng.shuffle(order)
         else:
             order = rng.choices(range(len(self.weights)), weights=self.weights, k=len(self))
-        streams = {g: _GroupStream(self, g, epoch) for g in sorted(set(order))}
-        batches = [streams[g].next() for g in order]
+        streams = {p: _PoolStream(self, p, epoch) for p in sorted(set(order))}
+        batches = [streams[p].next() for p in order]
         return EpochPlan(batches, deferred=sum(s.deferred for s in streams.values()),
                          left_out=sum(s.left_out for s in streams.values()),
                          extra_passes=sum(s.passes - 1 for s in streams.values()))
 
-    def _one_pass(self, group: int, rng: random.Random) -> tuple[list[GlobalBatch], int, int]:
-        """One shuffled pass over a group -> (batches in random order, deferrals, examples left out)."""
-        dataset = group if self.same_dataset else ALL_FILES
+    def _one_pass(self, pool: int, rng: random.Random) -> tuple[list[GlobalBatch], int, int]:
+        """One shuffled pass over a pool -> (batches in random order, deferrals, examples left out)."""
+        file = pool if self.same_file else ALL_FILES
         batches, leftovers, deferred = [], [], 0
-        for bucket, members in enumerate(self._members[group]):
+        for bucket, members in enumerate(self._members[pool]):
             queue = list(members)
             rng.shuffle(queue)
             full, rest, d = self._fill(queue)
-            batches += [GlobalBatch(b, dataset, bucket) for b in full]
+            batches += [GlobalBatch(b, file, bucket) for b in full]
             leftovers += rest
             deferred += d
-        leftovers.sort(key=lambda i: self.bucket_of[i] if self.lengths is None else self.lengths[i])
+        leftovers.sort(key=lambda i: self.bucket_of[i] if self.length_keys is None else self.length_keys[i])
         mixed, left_out, d = self._fill(leftovers)
         for b in mixed:
             rng.shuffle(b)  # so that every rank gets a similar share of the lengths
-        batches += [GlobalBatch(b, dataset, MIXED if len({self.bucket_of[i] for i in b}) > 1 else self.bucket_of[b[0]])
+        batches += [GlobalBatch(b, file, MIXED if len({self.bucket_of[i] for i in b}) > 1 else self.bucket_of[b[0]])
                     for b in mixed]
         rng.shuffle(batches)
         return batches, deferred + d, len(left_out)
@@ -372,8 +304,8 @@ class BucketBatchSampler(Sampler[list[int]]):
             negs: set[int] = set()  # hard-negative ids in the batch
             for _ in range(len(pending)):
                 i = pending.popleft()
-                if self.texts is not None:
-                    k, n = self.texts[i]
+                if self.text_ids is not None:
+                    k, n = self.text_ids[i]
                     if any(t in keys or t in negs for t in k) or any(t in keys for t in n):
                         (front if len(front) < MAX_FRONT_DEFERRED * gb else back).append(i)
                         continue
@@ -395,51 +327,51 @@ class BucketBatchSampler(Sampler[list[int]]):
     def describe(self) -> str:
         """Buckets, batches per epoch and what epoch 0 deferred or left out, for the training log."""
         gb = f"{self.batch_size}×{self.world_size}"
-        if self.lengths is None:
+        if self.length_keys is None:
             head = "random batches (no length buckets)"
         else:
             sizes = [0] * self.num_buckets
             for b in self.bucket_of:
                 sizes[b] += 1
-            what = "passage tokens (rounded up to 8), then query tokens" if isinstance(self.lengths[0], tuple) else "tokens"
+            what = "passage tokens (rounded up to 8), then query tokens" if isinstance(self.length_keys[0], tuple) else "tokens"
             first = [e[0] if isinstance(e, tuple) else e for e in self.boundaries]
             head = (f"{self.num_buckets} length buckets by {what} (upper passage edges {sorted(set(first))}), "
                     f"{min(sizes)}–{max(sizes)} examples each")
         p = self.plan(self.epoch)
         parts = [f"{head}; {len(self)} global batches of {gb} per epoch"]
-        if self.lengths is not None:
+        if self.length_keys is not None:
             parts.append(f"{p.mixed} of them mixing bucket leftovers")
-        if self.same_dataset:
+        if self.same_file:
             w = "" if self.weights is None else " weights " + ", ".join(
-                f"{n}={x:g}" for n, x in zip(self.dataset_names, self.weights))
+                f"{n}={x:g}" for n, x in zip(self.file_names, self.weights))
             parts.append(f"each from one file{w}")
         parts.append(f"epoch {self.epoch}: {p.left_out} examples sit out (fewer than a global batch per "
-                     f"{'file' if self.same_dataset else 'epoch'}, reshuffled next epoch)")
-        if self.texts is not None:
+                     f"{'file' if self.same_file else 'epoch'}, reshuffled next epoch)")
+        if self.text_ids is not None:
             parts.append(f"{p.deferred} deferrals to keep duplicate texts out of a batch")
         if p.extra_passes:
             parts.append(f"{p.extra_passes} extra passes over files that ran out")
         return "sampler: " + "; ".join(parts)
 
 
-class _GroupStream:
-    """Batches of one group for one epoch: pass 0, then fresh passes (new shuffles) if the epoch needs more.
+class _PoolStream:
+    """Batches of one pool for one epoch: pass 0, then fresh passes (new shuffles) if the epoch needs more.
 
-    deferred / left_out count pass 0 (what the epoch's one pass over the group put off or could not place).
+    deferred / left_out count pass 0 (what the epoch's one pass over the pool put off or could not place).
     """
 
-    def __init__(self, sampler: BucketBatchSampler, group: int, epoch: int):
-        self.sampler, self.group, self.epoch = sampler, group, epoch
+    def __init__(self, sampler: BucketBatchSampler, pool: int, epoch: int):
+        self.sampler, self.pool, self.epoch = sampler, pool, epoch
         self.queue: deque[GlobalBatch] = deque()
         self.passes, self.deferred, self.left_out = 0, 0, 0
 
     def next(self) -> GlobalBatch:
         if not self.queue:
             s = self.sampler
-            rng = random.Random(f"{s.seed}:{self.epoch}:{self.group}:{self.passes}")
-            batches, deferred, left_out = s._one_pass(self.group, rng)
+            rng = random.Random(f"{s.seed}:{self.epoch}:{self.pool}:{self.passes}")
+            batches, deferred, left_out = s._one_pass(self.pool, rng)
             if not batches:
-                where = s.dataset_names[self.group] if s.same_dataset else "the training data"
+                where = s.file_names[self.pool] if s.same_file else "the training data"
                 raise ValueError(f"{where}: no global batch of {s.global_batch} examples can be formed without "
                                  "repeating a text (query / positive / hard negative); lower --batch-size or turn "
                                  "off --dedup-batches")
@@ -448,21 +380,3 @@ class _GroupStream:
             self.passes += 1
             self.queue.extend(batches)
         return self.queue.popleft()
-
-
-def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed: int, rank: int, world_size: int,
-                        length_buckets: bool = True, num_buckets: int = 0, boundaries: Sequence[int] | None = None,
-                        same_dataset: bool = False, dataset_weights: Sequence[float] | None = None,
-                        dedup: bool = True, file_names: Sequence[str] | None = None,
-                        progress: bool = True) -> BucketBatchSampler:
-    """train.py's sampler from its options; `settings` (EncoderSettings) gives max lengths and prompts."""
-    lengths = (shared_length_keys(examples, tokenizer, settings.query_max_len, settings.passage_max_len,
-                                  settings.query_prompt or "", settings.passage_prompt or "", rank, world_size,
-                                  progress=progress)
-               if length_buckets else None)
-    return BucketBatchSampler(len(examples), batch_size, seed=seed, rank=rank, world_size=world_size,
-                              lengths=lengths, boundaries=boundaries or None, num_buckets=num_buckets,
-                              datasets=[ex.dataset for ex in examples], same_dataset=same_dataset,
-                              dataset_weights=dataset_weights or None, dataset_names=file_names,
-                              texts=text_ids(examples) if dedup else None,
-                              content_digest=lambda: examples_digest(examples))

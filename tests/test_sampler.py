@@ -1,5 +1,5 @@
-"""data/bucket_sampler.py: bucket purity, rank alignment, no duplicate texts, determinism, exact resume,
-same-file batches with weights, and train.py with all of it on.
+"""data/bucket_sampler.py (the planner) and data/sampler_inputs.py: bucket purity, rank alignment, no duplicate
+texts, determinism, exact resume, same-file batches with weights, and train.py with all of it on.
 
 The sampler is pure computation, so ranks 0..W-1 are simulated in one process.
 """
@@ -9,7 +9,8 @@ import random
 import pytest
 
 import train
-from data.bucket_sampler import MIXED, BucketBatchSampler, length_keys, text_ids
+from data.bucket_sampler import MIXED, BucketBatchSampler
+from data.sampler_inputs import length_keys, text_ids
 from data.examples import Example
 from tests.helpers import DATA, minilm_path, needs_data
 from tests.tiny_run import make_tiny_run_files
@@ -21,7 +22,7 @@ def random_keys(n, seed=0):
 
 
 def sampler(n=1000, batch_size=8, world_size=4, rank=0, **kw):
-    kw.setdefault("lengths", random_keys(n))
+    kw.setdefault("length_keys", random_keys(n))
     return BucketBatchSampler(n, batch_size, world_size=world_size, rank=rank, **kw)
 
 
@@ -68,7 +69,7 @@ def test_pure_batches_hold_one_bucket_and_leftovers_form_few_mixed_batches():
 
 def test_buckets_that_hold_whole_batches_give_only_pure_batches():
     lengths = [(8 * (1 + i % 5), 10) for i in range(5 * 64)]  # 5 buckets of 64 = 2 global batches each
-    s = BucketBatchSampler(len(lengths), 8, world_size=4, lengths=lengths, boundaries=[8, 16, 24, 32])
+    s = BucketBatchSampler(len(lengths), 8, world_size=4, length_keys=lengths, boundaries=[8, 16, 24, 32])
     plan = s.plan(0)
     assert s.num_buckets == 5 and plan.mixed == 0 and plan.left_out == 0 and len(plan.batches) == 10
     assert all(len({lengths[i] for i in b.indices}) == 1 for b in plan.batches)
@@ -78,7 +79,7 @@ def test_buckets_that_hold_whole_batches_give_only_pure_batches():
 def test_ranks_get_disjoint_slices_of_the_same_global_batch_and_equal_steps():
     data = examples_with_duplicates(600)
     for world in (1, 3, 4):
-        ranks = [BucketBatchSampler(600, 8, world_size=world, rank=r, lengths=random_keys(600), texts=text_ids(data))
+        ranks = [BucketBatchSampler(600, 8, world_size=world, rank=r, length_keys=random_keys(600), text_ids=text_ids(data))
                  for r in range(world)]
         for epoch in (0, 1):
             for s in ranks:
@@ -95,7 +96,7 @@ def test_ranks_get_disjoint_slices_of_the_same_global_batch_and_equal_steps():
 # ------------------------------------------------------------------ duplicates
 def test_no_duplicate_texts_in_a_global_batch_and_collisions_are_deferred_not_dropped():
     data = examples_with_duplicates()
-    s = BucketBatchSampler(len(data), 8, world_size=2, lengths=random_keys(len(data)), texts=text_ids(data))
+    s = BucketBatchSampler(len(data), 8, world_size=2, length_keys=random_keys(len(data)), text_ids=text_ids(data))
     for epoch in range(4):
         plan = s.plan(epoch)
         assert plan.deferred > 0
@@ -104,13 +105,13 @@ def test_no_duplicate_texts_in_a_global_batch_and_collisions_are_deferred_not_dr
             placed = {i for b in plan.batches for i in b.indices}
             assert len(placed) + plan.left_out == len(data)
     # the check above can fail: without text ids the same data puts duplicates together
-    off = BucketBatchSampler(len(data), 8, world_size=2, lengths=random_keys(len(data)))
+    off = BucketBatchSampler(len(data), 8, world_size=2, length_keys=random_keys(len(data)))
     assert not all(batch_is_clean(b.indices, data) for b in off.plan(0).batches)
 
 
 def test_data_where_no_clean_batch_exists_is_a_clear_error():
     data = [Example("same question", [f"doc {i}"]) for i in range(20)]
-    s = BucketBatchSampler(20, 4, texts=text_ids(data))
+    s = BucketBatchSampler(20, 4, text_ids=text_ids(data))
     with pytest.raises(ValueError, match="without repeating a text.*--dedup-batches"):
         s.plan(0)
 
@@ -127,7 +128,7 @@ def test_deterministic_from_seed_and_epoch():
 
 def test_mid_epoch_resume_continues_at_the_exact_next_batch():
     data = examples_with_duplicates(600)
-    kw = dict(lengths=random_keys(600), texts=text_ids(data), world_size=2, rank=1, seed=3)
+    kw = dict(length_keys=random_keys(600), text_ids=text_ids(data), world_size=2, rank=1, seed=3)
     first = BucketBatchSampler(600, 8, **kw)
     first.set_epoch(2)
     full = list(first)
@@ -143,7 +144,7 @@ def test_mid_epoch_resume_continues_at_the_exact_next_batch():
     # with DataLoader workers reading ahead, the trainer passes what it consumed
     assert first.state_dict(batches_consumed=3)["start_batch"] == 3
 
-    other_data = BucketBatchSampler(600, 8, **{**kw, "lengths": random_keys(600, seed=1)})
+    other_data = BucketBatchSampler(600, 8, **{**kw, "length_keys": random_keys(600, seed=1)})
     with pytest.raises(ValueError, match="different fingerprint"):
         other_data.load_state_dict(state)
     other_batch = BucketBatchSampler(600, 4, **{**kw, "world_size": 2})
@@ -157,26 +158,26 @@ FILES = [d for d, n in enumerate(FILE_SIZES) for _ in range(n)]
 
 
 def test_same_dataset_batches_take_each_file_once_per_epoch():
-    s = sampler(len(FILES), batch_size=4, world_size=2, datasets=FILES, same_dataset=True)
+    s = sampler(len(FILES), batch_size=4, world_size=2, file_index=FILES, same_file=True)
     plan = s.plan(0)
     assert len(s) == sum(n // 8 for n in FILE_SIZES)
     for b in plan.batches:
-        assert {FILES[i] for i in b.indices} == {b.dataset}
-    assert [sum(b.dataset == d for b in plan.batches) for d in range(3)] == [n // 8 for n in FILE_SIZES]
+        assert {FILES[i] for i in b.indices} == {b.file}
+    assert [sum(b.file == d for b in plan.batches) for d in range(3)] == [n // 8 for n in FILE_SIZES]
     assert plan.extra_passes == 0
-    assert len({b.dataset for b in plan.batches[:10]}) > 1  # files interleaved, not one after the other
+    assert len({b.file for b in plan.batches[:10]}) > 1  # files interleaved, not one after the other
 
 
 def test_dataset_weights_set_each_files_share_of_batches():
-    s = sampler(len(FILES), batch_size=4, world_size=2, datasets=FILES, same_dataset=True,
-                dataset_weights=[1, 0, 3], seed=1)
+    s = sampler(len(FILES), batch_size=4, world_size=2, file_index=FILES, same_file=True,
+                file_weights=[1, 0, 3], seed=1)
     counts = [0, 0, 0]
     for epoch in range(5):
         plan = s.plan(epoch)
         assert len(plan.batches) == len(s)
         for b in plan.batches:
-            assert {FILES[i] for i in b.indices} == {b.dataset}
-            counts[b.dataset] += 1
+            assert {FILES[i] for i in b.indices} == {b.file}
+            counts[b.file] += 1
     total = sum(counts)
     assert counts[1] == 0
     assert abs(counts[2] / total - 0.75) < 0.05, counts  # 500 draws: σ ≈ 0.02
@@ -184,21 +185,21 @@ def test_dataset_weights_set_each_files_share_of_batches():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(dataset_weights=[1, 2], same_dataset=True), "2 dataset weights for 3 training files"),
-    (dict(dataset_weights=[1, -1, 1], same_dataset=True), "must be ≥ 0"),
-    (dict(dataset_weights=[1, 1, 1]), "need same-dataset batches"),
+    (dict(file_weights=[1, 2], same_file=True), "2 dataset weights for 3 training files"),
+    (dict(file_weights=[1, -1, 1], same_file=True), "must be ≥ 0"),
+    (dict(file_weights=[1, 1, 1]), "need same-dataset batches"),
     (dict(boundaries=[64, 32]), "strictly increasing"),
 ])
 def test_bad_options_say_what_to_change(kw, message):
     with pytest.raises(ValueError, match=message):
-        sampler(len(FILES), batch_size=4, world_size=2, datasets=FILES, **kw)
+        sampler(len(FILES), batch_size=4, world_size=2, file_index=FILES, **kw)
 
 
 def test_file_smaller_than_a_global_batch_is_refused_with_same_dataset_batches():
     files = [0] * 100 + [1] * 5
     with pytest.raises(ValueError, match="small.jsonl has 5 examples, fewer than one global batch.*merge it"):
-        sampler(105, batch_size=4, world_size=2, datasets=files, same_dataset=True,
-                dataset_names=["big.jsonl", "small.jsonl"])
+        sampler(105, batch_size=4, world_size=2, file_index=files, same_file=True,
+                file_names=["big.jsonl", "small.jsonl"])
     with pytest.raises(ValueError, match="fewer than one global batch"):
         sampler(6, batch_size=4, world_size=2)
 
@@ -242,7 +243,7 @@ def test_train_py_with_buckets_same_file_batches_and_weights(tmp_path, capsys):
 
 @needs_data
 def test_bench_padding_buckets_cut_waste_3x_on_kornli(capsys):
-    from scripts import bench_padding
+    from benchmarks import bench_padding
 
     result = bench_padding.main(["--data", str(DATA / "train" / "kornli-triplets.jsonl"), "--tokenizer", minilm_path()])
     rows = result["rows"]
