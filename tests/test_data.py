@@ -8,7 +8,7 @@ import pytest
 from data.collator import Collator
 from data.examples import NLI_CLASS_IDS, DataError, load_examples
 from data.groups import GroupedDataset
-from tests.helpers import minilm_path
+from tests.helpers import REPO, minilm_path
 
 
 def write(tmp_path, name: str, lines: list) -> str:
@@ -94,13 +94,13 @@ def test_missing_empty_malformed_and_unknown_files(tmp_path):
     with pytest.raises(DataError, match=r"empty.jsonl: file is empty"):
         load_examples(str(tmp_path / "empty.jsonl"))
     path = write(tmp_path, "broken.jsonl", [GOOD, '{"query": "q", "pos": ["x"]'])
-    with pytest.raises(DataError, match=r"broken.jsonl:2: malformed JSON"):
+    with pytest.raises(DataError, match=r"broken.jsonl:2: invalid JSON"):
         load_examples(path)
     path = write(tmp_path, "list.jsonl", [GOOD, '["q", "x"]'])
     with pytest.raises(DataError, match=r"list.jsonl:2: expected a JSON object, got list"):
         load_examples(path)
     (tmp_path / "cols.tsv").write_text("anchor\tpositive\nq\tp\textra\n")
-    with pytest.raises(DataError, match=r"cols.tsv:2: 3 columns, header has 2"):
+    with pytest.raises(DataError, match=r"cols.tsv:2: expected 2 tab-separated fields \(anchor, positive\), found 3"):
         load_examples(str(tmp_path / "cols.tsv"))
     (tmp_path / "data.parquet.txt2").write_text("x")
     with pytest.raises(DataError, match="unknown file type"):
@@ -162,3 +162,38 @@ def test_collator_prompts_padding_and_group_layout():
         "passage : p1", "passage : n1", "passage : p2", "passage : n2"]  # group-major: query i's passages at i*G
     assert batch["query"]["input_ids"].shape[1] % 8 == 0 and batch["passage"]["input_ids"].shape[1] % 8 == 0
     assert batch["teacher_scores"].shape == (2, 2) and "labels" not in batch
+
+
+# ------------------------------------------------------------------ the one table reader (data/tables.py)
+def test_training_and_evaluation_read_a_tsv_with_a_byte_order_mark(tmp_path):
+    from evaluation.task_files import read_sts
+
+    path = tmp_path / "bom.tsv"
+    path.write_bytes("\ufeffsentence1\tsentence2\tscore\na cat\ta dog\t1.0\nrain\tsnow\t4.0\n".encode("utf-8"))
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")  # the precondition: the file really has a BOM
+    examples, _ = load_examples(str(path), pair_kind="scored")
+    assert [(ex.query, ex.pos, ex.label) for ex in examples] == [("a cat", ["a dog"], 0.2), ("rain", ["snow"], 0.8)]
+    assert read_sts(path).scores == [1.0, 4.0]
+
+
+def test_reading_a_long_field_leaves_the_csv_field_limit_as_it_was(tmp_path):
+    import csv
+
+    before = csv.field_size_limit()
+    long_text = "word " * 40_000  # 200 KB: over the csv module's default 128 KiB field limit
+    assert len(long_text) > before
+    path = tmp_path / "long.tsv"
+    path.write_text(f"anchor\tpositive\n{long_text}\tshort\n", encoding="utf-8")
+    (example,), _ = load_examples(str(path))
+    assert example.query == long_text
+    assert csv.field_size_limit() == before
+
+
+def test_importing_the_readers_does_not_change_the_csv_field_limit():
+    import subprocess
+    import sys
+
+    code = ("import csv; before = csv.field_size_limit(); import data.examples, evaluation.task_files; "
+            "assert csv.field_size_limit() == before, (before, csv.field_size_limit())")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
