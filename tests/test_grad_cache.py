@@ -5,8 +5,7 @@ from accelerate import Accelerator
 
 import train
 from losses import build_loss
-from tests.helpers import minilm_path, tiny_bi_encoder
-from tests.tiny_run import make_tiny_run_files
+from tests.helpers import make_tiny_run_files, minilm_path, tiny_bi_encoder
 from training import grad_cache
 from training.grad_cache import split_chunks
 from training.step import make_compute_loss, train_step

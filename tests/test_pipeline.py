@@ -1,5 +1,5 @@
 """The data-pipeline scripts (scripts/mine_hard_negatives.py, score_with_teacher.py, split_by_length.py,
-filter_consistency.py, prepare_nli.py) on small hand-made data with tiny random models.
+filter_consistency.py, prepare_nli.py; shared code in scripts/lib/) on small hand-made data with tiny random models.
 
 Each script runs in-process through its `main(argv)`. References are brute force: every similarity computed
 with a plain matrix product, ranks by sorting, teacher scores by one model call per pair.
@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from data.pipeline import write_jsonl
+from scripts.lib.pipeline import write_jsonl
 from models.bi_encoder import BiEncoder
 from scripts import filter_consistency, mine_hard_negatives, prepare_nli, score_with_teacher, split_by_length
 from tests.helpers import DATA, minilm_path, needs_data, tiny_bi_encoder
@@ -397,3 +397,26 @@ def test_mine_score_train_end_to_end(tiny_model, tiny_reranker, train_file, tmp_
                                           output_dir=str(tmp_path / "model")))
     assert result["steps"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"])
     assert BiEncoder.from_pretrained(str(tmp_path / "model")).dim == 64
+
+
+# ------------------------------------------------------------------ how the README runs the tools
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
+def test_every_script_and_benchmark_runs_as_a_module_from_the_repository_root(monkeypatch, capsys):
+    """`python -m scripts.NAME` / `python -m benchmarks.NAME` (the README's commands) import and parse --help, run
+    as __main__ the way `-m` runs them (runpy, repository root on sys.path as pytest's pythonpath puts it); no file
+    edits sys.path."""
+    import runpy
+
+    from tests.helpers import REPO
+
+    names = sorted(f"{folder}.{p.stem}" for folder in ("scripts", "benchmarks")
+                   for p in (REPO / folder).glob("*.py") if p.stem not in ("__init__", "machine"))
+    assert "scripts.mine_hard_negatives" in names and "benchmarks.bench_padding" in names  # the glob found them
+    for name in names:
+        monkeypatch.setattr("sys.argv", [name, "--help"])
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        assert stop.value.code in (0, None), name
+        assert "usage:" in capsys.readouterr().out, name
+    for folder in ("scripts", "benchmarks"):
+        assert not [p for p in (REPO / folder).rglob("*.py") if "sys.path" in p.read_text()]

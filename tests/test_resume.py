@@ -24,7 +24,7 @@ import pytest
 from safetensors.torch import load_file
 
 import train
-from tests.tiny_run import REPO, losses, make_tiny_run_files
+from tests.helpers import REPO, losses, make_tiny_run_files
 from training.checkpoint import complete_checkpoints, find_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -12,8 +12,7 @@ import train
 from data.bucket_sampler import MIXED, BucketBatchSampler
 from data.sampler_inputs import length_keys, text_ids
 from data.examples import Example
-from tests.helpers import DATA, minilm_path, needs_data
-from tests.tiny_run import make_tiny_run_files
+from tests.helpers import DATA, make_tiny_run_files, minilm_path, needs_data
 
 
 def random_keys(n, seed=0):
