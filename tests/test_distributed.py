@@ -22,7 +22,7 @@ CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_
 @pytest.fixture(scope="module")
 def exactness(tmp_path_factory):
     out = tmp_path_factory.mktemp("exact") / "results.json"
-    torchrun([os.path.join("tests", "distributed_worker.py"), str(out)])
+    torchrun(["-m", "tests.distributed_worker", str(out)])
     return json.loads(out.read_text())
 
 
