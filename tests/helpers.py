@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
@@ -87,11 +89,75 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
-def torchrun(script_and_args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """2 real processes on CPU (gloo); raises with the output if any fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *script_and_args]
-    res = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun(script_and_args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """2 real processes on CPU (gloo); raises with the output if any fails. On a time-out every process of the run
+    is killed (torchrun's workers live in sessions of their own and would outlive their launcher)."""
+    cmd = [*TORCHRUN, *script_and_args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} ran past {timeout} s:\n{stdout[-3000:]}\n{stderr[-6000:]}") from None
+    res = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
     return res
+
+
+# ---------------------------------------------------------------- killing a run
+def process_tree(pid: int) -> list[psutil.Process]:
+    """pid and every process below it, found through parent links (sessions and process groups do not matter)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def kill_tree(launcher: subprocess.Popen) -> tuple[int, dict[int, str]]:
+    """SIGKILL the launcher and all its descendants; -> (the launcher's exit code, {pid: command line} of the
+    processes below it), once every one is gone.
+
+    The tree is frozen first (SIGSTOP, repeated until no new process appears), so no process can start another
+    (a DataLoader worker, a torchrun worker) between the listing and the kill."""
+    seen: dict[int, psutil.Process] = {}
+    commands: dict[int, str] = {}
+    while True:
+        new = [p for p in process_tree(launcher.pid) if p.pid not in seen]
+        if not new:
+            break
+        for p in new:
+            seen[p.pid] = p
+            commands[p.pid] = " ".join(_cmdline(p))
+            try:
+                p.send_signal(signal.SIGSTOP)
+            except psutil.NoSuchProcess:
+                pass
+    for p in seen.values():
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    code = launcher.wait()  # reaped here, where Popen sees its exit status
+    below = [p for pid, p in seen.items() if pid != launcher.pid]
+    _, left = psutil.wait_procs(below, timeout=30)
+    survivors = [p for p in left if alive(p)]
+    assert not survivors, f"processes survived SIGKILL: {[(p.pid, commands[p.pid]) for p in survivors]}"
+    return code, {p.pid: commands[p.pid] for p in below}
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # already reaped
+        return []
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -24,11 +24,10 @@ import pytest
 from safetensors.torch import load_file
 
 import train
-from tests.helpers import REPO, losses, make_tiny_run_files
+from tests.helpers import REPO, TORCHRUN, alive, kill_tree, losses, make_tiny_run_files, subprocess_env
 from training.checkpoint import complete_checkpoints, find_checkpoint
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = subprocess_env()
 
 
 @pytest.fixture(scope="module")
@@ -52,44 +51,6 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
-def process_tree(pid: int) -> list[psutil.Process]:
-    """pid and every process below it, found through parent links (sessions and process groups do not matter)."""
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def kill_tree(launcher: subprocess.Popen) -> tuple[int, dict[int, str]]:
-    """SIGKILL the launcher and all its descendants; -> (the launcher's exit code, {pid: command line} of the
-    processes below it), once every one is gone.
-
-    The tree is frozen first (SIGSTOP, repeated until no new process appears), so no process can start another
-    (a DataLoader worker, a torchrun worker) between the listing and the kill."""
-    seen: dict[int, psutil.Process] = {}
-    commands: dict[int, str] = {}
-    while True:
-        new = [p for p in process_tree(launcher.pid) if p.pid not in seen]
-        if not new:
-            break
-        for p in new:
-            seen[p.pid] = p
-            commands[p.pid] = " ".join(_cmdline(p))
-            try:
-                p.send_signal(signal.SIGSTOP)
-            except psutil.NoSuchProcess:
-                pass
-    for p in seen.values():
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    code = launcher.wait()  # reaped here, where Popen sees its exit status
-    below = [p for pid, p in seen.items() if pid != launcher.pid]
-    _, left = psutil.wait_procs(below, timeout=30)
-    survivors = [p for p in left if alive(p)]
-    assert not survivors, f"processes survived SIGKILL: {[(p.pid, commands[p.pid]) for p in survivors]}"
-    return code, {p.pid: commands[p.pid] for p in below}
-
-
 def kill_after_checkpoint(cmd: list[str], out: str, step: int, workers: int) -> None:
     """Start cmd; once checkpoint-<step> is complete, SIGKILL the launcher and every process it started.
 
@@ -109,13 +70,6 @@ def kill_after_checkpoint(cmd: list[str], out: str, step: int, workers: int) -> 
     assert len(trainers) >= workers, f"found {len(trainers)} of the launcher's {workers} workers to kill: {below}"
     # nothing of the run is left to write: the newest complete checkpoint is the one the kill waited for
     assert complete_checkpoints(out)[-1][0] == step, complete_checkpoints(out)
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:  # already reaped
-        return []
 
 
 CASES = {
@@ -160,13 +114,6 @@ def start_sleeping_torchrun(folder, new_session: bool) -> tuple[subprocess.Popen
         assert time.monotonic() < deadline and launcher.poll() is None, "torchrun did not start 2 workers"
         time.sleep(0.05)
     return launcher, [psutil.Process(int(f.name.split("-")[1])) for f in folder.glob("worker-*")]
-
-
-def alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_killing_the_launchers_group_leaves_torchrun_workers_alive(tmp_path):
