@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [p for p in args.task_prompt if "=" not in p or not p.partition("=")[0]]
     if bad:
         parser.error(f"--task-prompt expects KEY=PROMPT, got {', '.join(map(repr, bad))}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output-dir {args.output_dir}: is a file, not a folder")
     return args
 
 

@@ -23,18 +23,28 @@ from tqdm.auto import tqdm
 from cli_config import parse_config
 from data.bucket_sampler import check_sampler_options
 from data.collator import Collator
-from data.examples import DataError, load_examples, pair_kind_for
+from data.examples import DataError, check_data_path, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
 from data.groups import GroupedDataset
 from data.train_sampler import build_train_sampler
 from losses import LOSS_NAMES, build_loss
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
+from models.pooling import POOLING_MODES
 from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
+from training.deepspeed_config import load_deepspeed_config
 from training.even_steps import common_batch_count
 from training.log_window import LogWindow
 from training.optimizer import build_optimizer
+from training.output_dir import check_output_dir, claim_output_dir
 from training.step import batch_to_device, train_step
+from training.step_guard import StepGuard, clip_gradients
+
+
+MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "all",
+             "none")
 
 
 def opt(default, help: str):
@@ -97,8 +107,15 @@ class TrainConfig:
     deepspeed: str = opt(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json) to train with DeepSpeed")
     mixed_precision: str = opt("auto", "no | bf16 | fp16 | auto (bf16 on a GPU that has it, else no)")
     seed: int = opt(42, "seed for weights of new layers, sampling and negatives")
+    max_bad_steps: int = opt(3, "stop (non-zero exit, last checkpoint kept) after this many optimizer steps in a row "
+                                "with a non-finite loss or gradient norm; each is skipped (no update)")
+    ddp_timeout: float = opt(1200, "seconds a collective may wait for the other processes before the run fails "
+                                   "(a stalled or stopped rank); raise it if one checkpoint save or evaluation "
+                                   "takes longer")
     # output
     output_dir: str = opt("out", "final model goes here; checkpoints in checkpoint-<step>/")
+    overwrite_output_dir: bool = opt(False, "train into an --output-dir that holds another run (different "
+                                            "settings); its checkpoints and best/ are deleted first")
     save_steps: int = opt(0, "save a checkpoint every N steps (0 = only the final model)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 = keep all)")
     resume_from_checkpoint: str = opt(None, "continue a run exactly (weights, optimizer, schedule, RNG, data "
@@ -121,6 +138,8 @@ def main(cfg: TrainConfig) -> dict:
         check_same_run(resumed["config"], json.loads(json.dumps(asdict(cfg))), resume)
     elif cfg.resume_from_checkpoint:
         log(f"--resume-from-checkpoint latest: no checkpoint in {cfg.output_dir} yet, starting at step 0")
+    if is_main:
+        claim_output_dir(cfg.output_dir, asdict(cfg), overwrite=cfg.overwrite_output_dir and not resume)
 
     # ------------------------------------------------------------------ model and loss
     model = load_model(cfg)
@@ -183,16 +202,18 @@ def main(cfg: TrainConfig) -> dict:
             epoch, first = epoch + 1, 0
 
     window = LogWindow(accelerator, resumed["pending_losses"] if resume else [])
+    # non-finite steps skipped (the same on every process), SIGTERM agreed at step boundaries: training/step_guard.py
+    guard = StepGuard(accelerator, model, cfg.max_bad_steps, cfg.output_dir, sources=lambda i: dataset.examples[i].source)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
     for epoch, index, batch in batches():
         with accelerator.accumulate(model):
             # embed [B, D] + [B*G, D], gather to [W*B, D] + [W*B*G, D], loss, backward (in chunks with GradCache)
             loss = train_step(accelerator, model, loss_fn, batch, gather, cfg.grad_cache_chunk)
-            if accelerator.sync_gradients and cfg.max_grad_norm > 0:  # (DeepSpeed clips inside its step)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norm = clip_gradients(accelerator, model, cfg.max_grad_norm)  # (DeepSpeed clipped inside its step)
+            if guard.update_is_finite(loss, grad_norm, batch, step + 1):  # else the update is skipped
+                optimizer.step()
+                scheduler.step()
             optimizer.zero_grad()
         window.add(loss, batch)
         if not accelerator.sync_gradients:
@@ -209,13 +230,17 @@ def main(cfg: TrainConfig) -> dict:
             if score > best:
                 best = score
                 save_model(accelerator, model, os.path.join(cfg.output_dir, "best"))
-        if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-            save_checkpoint(accelerator, model, cfg.output_dir, step, keep=cfg.save_total_limit, trainer_state={
+        saved = None
+        if cfg.save_steps and step < total_steps and (step % cfg.save_steps == 0 or guard.stop_requested):
+            saved = save_checkpoint(accelerator, model, cfg.output_dir, step, keep=cfg.save_total_limit, trainer_state={
                 "sampler": sampler.state_dict(batches_consumed=index + 1), "history": history,
                 "best": None if best == -math.inf else best, "pending_losses": window.pending(), "config": asdict(cfg)})
+        if guard.stop_requested and step < total_steps:  # SIGTERM: exit 143 once the checkpoint is written
+            guard.exit_after_sigterm(step, saved)
         if step >= total_steps:
             break
     progress.close()
+    guard.close()
 
     # ------------------------------------------------------------------ save
     save_model(accelerator, model, cfg.output_dir)
@@ -247,10 +272,11 @@ def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
             boundaries=cfg.bucket_boundaries, same_dataset=cfg.same_dataset_batches,
             dataset_weights=cfg.dataset_weights, dedup=cfg.dedup_batches and not pair_kind,
             file_names=cfg.train_data, progress=accelerator.is_main_process)
+        description = sampler.describe()  # plans epoch 0: data that cannot form a batch fails here
     except (DataError, ValueError) as e:
         raise SystemExit(f"data error: {e}") from None
     accelerator.print(report.summary())
-    accelerator.print(sampler.describe())
+    accelerator.print(description)
     # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
     # that dropout uses (a resumed run starts an iterator mid-epoch).
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
@@ -261,20 +287,75 @@ def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
 
 
 def check_options(cfg: TrainConfig) -> None:
-    """Options that are wrong on their own: stop before anything loads."""
+    """Options that are wrong on their own: stop before anything loads, with one message naming the option."""
     if cfg.loss not in LOSS_NAMES:
         raise SystemExit(f"--loss: unknown loss {cfg.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
     if not cfg.model:
         raise SystemExit("--model is required (a local folder or Hub id)")
     if not cfg.train_data:
         raise SystemExit("--train-data is required")
-    if cfg.grad_cache_chunk < 0:
-        raise SystemExit(f"--grad-cache-chunk must be ≥ 0 (0 = off), got {cfg.grad_cache_chunk}")
+    rules = [  # (option, value, allowed?, what it must be)
+        ("lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
+        ("temperature", cfg.temperature, math.isfinite(cfg.temperature) and cfg.temperature > 0, "a finite number > 0"),
+        ("teacher_temperature", cfg.teacher_temperature, math.isfinite(cfg.teacher_temperature)
+         and cfg.teacher_temperature > 0, "a finite number > 0"),
+        ("mnrl_scale", cfg.mnrl_scale, math.isfinite(cfg.mnrl_scale) and cfg.mnrl_scale > 0, "a finite number > 0"),
+        ("score_max", cfg.score_max, math.isfinite(cfg.score_max) and cfg.score_max > 0, "a finite number > 0"),
+        ("distill_weight", cfg.distill_weight, math.isfinite(cfg.distill_weight) and cfg.distill_weight >= 0,
+         "a finite number ≥ 0"),
+        ("weight_decay", cfg.weight_decay, math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
+         "a finite number ≥ 0"),
+        ("max_grad_norm", cfg.max_grad_norm, math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm >= 0,
+         "a finite number ≥ 0 (0 = no clipping)"),
+        ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio <= 1, "between 0 and 1"),
+        ("ddp_timeout", cfg.ddp_timeout, math.isfinite(cfg.ddp_timeout) and cfg.ddp_timeout > 0, "seconds > 0"),
+        ("epochs", cfg.epochs, cfg.epochs >= 1 or cfg.max_steps > 0, "≥ 1 (or set --max-steps)"),
+        *((name, getattr(cfg, name), getattr(cfg, name) >= 1, "≥ 1") for name in (
+            "batch_size", "group_size", "gradient_accumulation_steps", "query_max_len", "passage_max_len",
+            "log_steps", "max_bad_steps")),
+        *((name, getattr(cfg, name), getattr(cfg, name) >= 0, "≥ 0") for name in (
+            "grad_cache_chunk", "save_steps", "save_total_limit", "eval_steps", "num_workers", "num_buckets")),
+        ("pooling", cfg.pooling, cfg.pooling in (None, *POOLING_MODES), f"one of {', '.join(POOLING_MODES)}"),
+        ("mixed_precision", cfg.mixed_precision, cfg.mixed_precision in MIXED_PRECISIONS,
+         f"one of {', '.join(MIXED_PRECISIONS)}"),
+        ("attn_implementation", cfg.attn_implementation, cfg.attn_implementation in ATTENTION,
+         f"one of {', '.join(ATTENTION)}"),
+        ("report_to", cfg.report_to, cfg.report_to in REPORT_TO, f"one of {', '.join(REPORT_TO)}"),
+    ]
+    for name, value, allowed, must_be in rules:
+        if not allowed:
+            raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {must_be}")
+    if cfg.eval_steps and not cfg.eval_sts:
+        raise SystemExit(f"--eval-steps {cfg.eval_steps}: evaluates --eval-sts, which is not set")
+    if cfg.deepspeed:
+        load_deepspeed_config(cfg.deepspeed)  # readable JSON (build_accelerator reconciles it with the flags)
+    try:  # the loss's own options (distill base / mode, gte directions), on a stand-in dimension
+        build_loss(cfg.loss, dim=8, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
+                   distill_base=cfg.distill_base, distill_weight=cfg.distill_weight, distill_mode=cfg.distill_mode,
+                   teacher_temperature=cfg.teacher_temperature, mnrl_scale=cfg.mnrl_scale)
+    except ValueError as e:
+        raise SystemExit(f"--loss {cfg.loss}: {e}") from None
     try:
+        for path in cfg.train_data:
+            check_data_path(path)
         check_sampler_options(len(cfg.train_data), cfg.dataset_weights, cfg.same_dataset_batches,
                               cfg.bucket_boundaries)
-    except ValueError as e:
+    except ValueError as e:  # DataError included
         raise SystemExit(f"data error: {e}") from None
+    for flag, path in (("--model", cfg.model), ("--from-config", cfg.from_config)):
+        if path and not os.path.exists(path):
+            if not looks_like_hub_id(path):
+                raise SystemExit(f"{flag} {path}: no such folder")
+            if hub_offline():
+                raise SystemExit(f"{flag} {path}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE is "
+                                 f"set), so it cannot be downloaded; pass a local folder")
+    if cfg.eval_sts:  # read and checked now, not at the first evaluation after hours of training
+        from evaluation.task_files import TaskDataError, TaskFileNotFoundError, read_sts
+        try:
+            read_sts(cfg.eval_sts)
+        except (TaskDataError, TaskFileNotFoundError) as e:
+            raise SystemExit(f"--eval-sts: {e}") from None
+    check_output_dir(cfg.output_dir, asdict(cfg), cfg.overwrite_output_dir, cfg.resume_from_checkpoint)
 
 
 def check_run_shape(cfg: TrainConfig, group_size: int, loss_fn, accelerator) -> None:

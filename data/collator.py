@@ -5,7 +5,8 @@ import torch
 
 
 class Collator:
-    """list of GroupedDataset items -> {query: tokens [B, Lq], passage: tokens [B*G, Lp], teacher_scores?, labels?}."""
+    """list of GroupedDataset items -> {query: tokens [B, Lq], passage: tokens [B*G, Lp], teacher_scores?, labels?,
+    index?: the items' dataset indices [B], so a bad batch can be traced to its file lines}."""
 
     def __init__(self, tokenizer, query_max_len: int = 64, passage_max_len: int = 256, query_prompt: str = "",
                  passage_prompt: str = ""):
@@ -28,4 +29,6 @@ class Collator:
             batch["teacher_scores"] = torch.tensor([it["teacher_scores"] for it in items], dtype=torch.float32)  # [B, G]
         if items[0]["label"] is not None:
             batch["labels"] = torch.tensor([it["label"] for it in items])  # [B]
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([it["index"] for it in items])  # [B]
         return batch

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 from data.tables import DataError, iter_table, table_format
+
+FLOAT32_MAX = 3.4028234663852886e38  # teacher scores become float32 tensors
 
 # NLI gold labels -> class ids of the 3-way softmax loss (evaluation's pair classification maps them differently:
 # evaluation/task_files.py NLI_IS_POSITIVE).
@@ -65,16 +68,54 @@ class LoadReport:
 
 
 # ------------------------------------------------------------------------------------------ raw rows
+def hub_offline() -> bool:
+    """Whether the Hugging Face libraries are told to stay offline (they read these variables)."""
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_data_path(path: str) -> None:
+    """DataError unless `path` is a file, a folder, or (while online) something that can be a Hub dataset id."""
+    if os.path.exists(path):
+        if os.path.isdir(path):
+            _folder_data_files(path)
+        return
+    if not looks_like_hub_id(path):
+        raise DataError(f"{path}: file not found")
+    if hub_offline():
+        raise DataError(f"{path}: no such file or folder, and the Hub is offline (HF_HUB_OFFLINE is set), so it "
+                        "cannot be a Hub dataset; pass a local path")
+
+
+def _folder_data_files(path: str) -> None:
+    """A plain folder is read by `datasets` with one reader, chosen from its files' extensions: refuse a folder
+    whose data files have more than one format, which would silently leave the others out."""
+    if any(os.path.exists(os.path.join(path, marker)) for marker in SAVED_DATASET_MARKERS):
+        return
+    formats: dict[str, list[str]] = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            kind = DATA_FILE_FORMATS.get(os.path.splitext(name)[1].lower())
+            if kind:
+                formats.setdefault(kind, []).append(os.path.relpath(os.path.join(root, name), path))
+    if len(formats) > 1:
+        listed = "; ".join(f"{kind}: {', '.join(sorted(files)[:3])}{' ...' if len(files) > 3 else ''}"
+                           for kind, files in sorted(formats.items()))
+        raise DataError(f"{path}: the folder holds data files of {len(formats)} formats ({listed}); only one "
+                        "would be read. Keep one format per folder, or pass the files as separate --train-data")
+
+
+SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+DATA_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".tsv": "csv/tsv", ".csv": "csv/tsv", ".txt": "text",
+                     ".parquet": "parquet", ".arrow": "arrow"}
+
+
 def iter_raw_rows(path: str):
     """Yield (line_number, dict) from a JSONL / TSV / CSV file (data/tables.py), a datasets folder or a Hub dataset id."""
-    if os.path.isdir(path):
+    check_data_path(path)
+    if os.path.isdir(path) or not os.path.exists(path):
         yield from _iter_dataset(path)
         return
-    if not os.path.exists(path):
-        if _looks_like_hub_id(path):
-            yield from _iter_dataset(path)
-            return
-        raise DataError(f"{path}: file not found")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
     if table_format(path) is None:
@@ -83,16 +124,14 @@ def iter_raw_rows(path: str):
     yield from iter_table(path)
 
 
-def _looks_like_hub_id(path: str) -> bool:
+def looks_like_hub_id(path: str) -> bool:
     return path.count("/") <= 1 and not path.startswith((".", "/")) and "." not in os.path.basename(path)
 
 
 def _iter_dataset(path: str):
     import datasets
 
-    if os.path.isdir(path) and (os.path.exists(os.path.join(path, "dataset_info.json"))
-                                or os.path.exists(os.path.join(path, "state.json"))
-                                or os.path.exists(os.path.join(path, "dataset_dict.json"))):
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS):
         ds = datasets.load_from_disk(path)
     else:
         ds = datasets.load_dataset(path)
@@ -137,6 +176,10 @@ def _score_list(row, key, length, texts_key, where):
         raise DataError(f"{where}: field '{key}' must be a list of numbers")
     if len(value) != length:
         raise DataError(f"{where}: field '{key}' has {len(value)} scores but '{texts_key}' has {length} texts")
+    for v in value:  # NaN / inf (JSON NaN, Infinity, 1e999) would make the loss non-finite
+        if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
+            raise DataError(f"{where}: field '{key}' holds {v!r}; scores must be finite numbers"
+                            + (" within float32 range" if math.isfinite(v) else ""))
     return [float(v) for v in value]
 
 

@@ -13,7 +13,8 @@ from data.examples import DataError, Example
 
 
 class GroupedDataset(Dataset):
-    """examples -> dicts {query, prompt, passages: [G texts, positive first], teacher_scores: [G] | None, label}."""
+    """examples -> dicts {query, prompt, passages: [G texts, positive first], teacher_scores: [G] | None, label,
+    index}."""
 
     def __init__(self, examples: list[Example], group_size: int = 8, seed: int = 42, needs_scores: bool = False):
         if group_size < 1:
@@ -52,7 +53,7 @@ class GroupedDataset(Dataset):
                 scores += [ex.neg_scores[j] for j in picked]
             passages += self._random_negatives(rng, ex, want - len(picked))
         return {"query": ex.query, "prompt": ex.prompt, "passages": passages,
-                "teacher_scores": scores if self.needs_scores else None, "label": ex.label}
+                "teacher_scores": scores if self.needs_scores else None, "label": ex.label, "index": i}
 
     def _random_negatives(self, rng: random.Random, ex: Example, k: int) -> list[str]:
         if k <= 0:

@@ -53,8 +53,22 @@ def iter_table(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                                f"{', '.join(TABLE_FORMATS)}")
     try:
         yield from _iter_jsonl(path) if fmt == "jsonl" else _iter_delimited(path, "\t" if fmt == "tsv" else ",")
-    except UnicodeDecodeError as err:
-        raise TableError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+
+
+def _utf8_error(path: str | Path) -> TableError:
+    """The first undecodable line, by number (the decoder's own offset is into its read buffer, not the file)."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return TableError(path, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                        "save the file as UTF-8", line_no)
+    return TableError(path, "not valid UTF-8")
 
 
 def _iter_jsonl(path: str | Path):

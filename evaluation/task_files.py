@@ -150,6 +150,10 @@ def read_classification(folder: str | Path) -> ClassificationData:
     train, test = read_labelled_texts(files["train"]), read_labelled_texts(files["test"])
     if len(set(train.labels)) < 2:
         raise TaskDataError(files["train"], "needs at least 2 distinct labels to train a classifier")
+    unseen = sorted(set(test.labels) - set(train.labels))
+    if unseen:  # the classifier could never predict them: the score would be silently capped
+        raise TaskDataError(files["test"], f"label(s) {', '.join(map(repr, unseen[:5]))}"
+                                           f"{' ...' if len(unseen) > 5 else ''} never occur in {files['train'].name}")
     return ClassificationData(train, test, files["train"], files["test"])
 
 

@@ -194,7 +194,7 @@ def test_grad_cache_chunk_checks(tiny_run, tmp_path):
     model_dir, data = tiny_run
     base = dict(model=model_dir, train_data=[data], group_size=3, batch_size=4, report_to="none",
                 output_dir=str(tmp_path / "o"))
-    with pytest.raises(SystemExit, match="--grad-cache-chunk must be ≥ 0"):
+    with pytest.raises(SystemExit, match="--grad-cache-chunk -1: must be ≥ 0"):
         train.main(train.TrainConfig(**base, grad_cache_chunk=-1))
     with pytest.raises(SystemExit, match="--grad-cache-chunk 12 is not smaller than the batch's 4 queries × 3 passages"):
         train.main(train.TrainConfig(**base, grad_cache_chunk=12))

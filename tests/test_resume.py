@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import train
 from tests.helpers import REPO, TORCHRUN, alive, kill_tree, losses, make_tiny_run_files, subprocess_env
-from training.checkpoint import complete_checkpoints, find_checkpoint
+from training.checkpoint import complete_checkpoints, find_checkpoint, write_manifest
 
 ENV = subprocess_env()
 
@@ -144,6 +144,7 @@ def test_partial_checkpoints_are_not_resumed_from(tmp_path):
         (tmp_path / name).mkdir()
     for name in ("checkpoint-4", "checkpoint-8.partial"):
         (tmp_path / name / "trainer_state.json").write_text("{}")
+    write_manifest(str(tmp_path / "checkpoint-4"))
     # checkpoint-12 lacks trainer_state.json (train.py never leaves one like that: it renames complete folders)
     assert complete_checkpoints(str(tmp_path)) == [(4, str(tmp_path / "checkpoint-4"))]
     assert find_checkpoint("latest", str(tmp_path)) == str(tmp_path / "checkpoint-4")

@@ -1,13 +1,18 @@
 """Accelerate / DeepSpeed set-up for train.py: precision, the DeepSpeed config filled from the command line, and
 the Accelerator itself. What the set-up decided is returned so train.py can log it in one line.
+
+--ddp-timeout bounds every collective (DDP and DeepSpeed alike, gloo and NCCL): when one process stalls (stopped,
+swapping, a hung file system) the others raise after that many seconds instead of torch's default 30 minutes
+in silence, and the launcher takes the run down (tests/test_reliability.py stops one of 2 workers with SIGSTOP).
 """
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DataLoaderConfiguration, DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs
 
 from training.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config, uses_torch_autocast
 
@@ -38,8 +43,13 @@ def build_accelerator(cfg) -> tuple[Accelerator, str]:
     cpu_deepspeed = use_deepspeed and not torch.cuda.is_available()
     accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
                               mixed_precision=accelerate_precision, deepspeed_plugin=ds_plugin,
-                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo" if cpu_deepspeed else None,
+                                                                      timeout=timedelta(seconds=cfg.ddp_timeout))],
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              # train.py never has accelerate prepare a DataLoader; split_batches=True only makes the
+                              # prepared LR scheduler step once per optimizer step (without it accelerate steps it
+                              # num_processes times, and a 2-process run reached lr 0 halfway through)
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               project_dir=os.path.join(cfg.output_dir, "runs"))
     if uses_deepspeed(accelerator) and ds_plugin is None:  # config from `accelerate launch`: same checks, in place

@@ -1,7 +1,8 @@
 """The numbers train.py logs every --log-steps: mean loss over the window (and over processes), pairs/s, tokens/s.
 
 The losses of a window not yet logged are part of a checkpoint (`pending`), so a resumed run logs the same
-means as a run never killed.
+means as a run never killed. A non-finite loss (its step was skipped: training/step_guard.py) is left out of the
+mean and counted instead, so one bad step does not turn a whole window's loss into NaN.
 """
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ class LogWindow:
     def close(self) -> dict:
         """Mean loss (a collective: every process calls it), throughput of all processes; starts a new window."""
         world, elapsed = self.accelerator.num_processes, time.perf_counter() - self.start
-        stats = {"loss": self.accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean").item(),
+        losses = torch.stack(self.losses)
+        finite = torch.isfinite(losses)
+        total, count, bad = self.accelerator.reduce(torch.stack([torch.where(finite, losses, 0.0).sum(), finite.sum(),
+                                                                 (~finite).sum()]).double(), reduction="sum").tolist()
+        stats = {"loss": total / count if count else float("nan"),
                  "pairs_per_s": self.pairs * world / elapsed, "tokens_per_s": self.tokens * world / elapsed}
+        if bad:
+            stats["non_finite_losses"] = int(bad)
         self.losses, self.pairs, self.tokens, self.start = [], 0, 0, time.perf_counter()
         return stats
 
