@@ -26,7 +26,7 @@ from data.collator import Collator
 from data.examples import DataError, load_examples, pair_kind_for
 from data.groups import GroupedDataset
 from data.train_sampler import build_train_sampler
-from losses import LOSS_NAMES, build_loss
+from losses import LOSS_NAMES, build_loss, loss_temperature
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
 from training.accelerator import build_accelerator, uses_deepspeed
@@ -74,13 +74,16 @@ class TrainConfig:
                                     "(in-batch-negative losses)")
     # loss
     loss: str = opt("infonce", f"one of {', '.join(LOSS_NAMES)}")
-    temperature: float = opt(0.02, "τ in s = cos/τ (infonce, gte, distill)")
+    temperature: float = opt(None, "τ in s = cos/τ (infonce, gte, mnrl, distill); default: the loss's paper value "
+                                   "(gte 0.01 GTE, infonce 0.02 BGE, mnrl 0.05 = sentence-transformers' scale 20, "
+                                   "distill its base's, 0.02 without one); an ST scale s is τ = 1/s")
     gte_directions: list = opt(list(DIRECTIONS), "gte partition terms to include (qd always)")
+    gte_exclude_own_group: bool = opt(True, "gte 'dd' term: leave out every passage of the query's own group (as "
+                                            "sentence-transformers); --no-gte-exclude-own-group leaves out d_i only")
     distill_base: str = opt("infonce", "distill: contrastive loss added to the KD term: infonce | gte | none")
     distill_weight: float = opt(1.0, "distill: λ, weight of the KD term")
     distill_mode: str = opt("kl", "distill: kl (over the query's group) | m3 (teacher-weighted in-batch CE)")
     teacher_temperature: float = opt(1.0, "distill: τ_t in softmax(teacher_score / τ_t)")
-    mnrl_scale: float = opt(20.0, "mnrl: similarity scale (1/τ)")
     cross_device: bool = opt(True, "gather in-batch negatives from all processes (exact gradients)")
     # optimisation
     batch_size: int = opt(32, "queries per process per step")
@@ -124,10 +127,15 @@ def main(cfg: TrainConfig) -> dict:
 
     # ------------------------------------------------------------------ model and loss
     model = load_model(cfg)
-    loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
-                         distill_base=cfg.distill_base, distill_weight=cfg.distill_weight,
-                         distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
-                         mnrl_scale=cfg.mnrl_scale)
+    try:  # group_size: distill refuses one passage per query here, before any data is read
+        loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
+                             gte_exclude_own_group=cfg.gte_exclude_own_group, distill_base=cfg.distill_base,
+                             distill_weight=cfg.distill_weight, distill_mode=cfg.distill_mode,
+                             teacher_temperature=cfg.teacher_temperature, group_size=cfg.group_size)
+    except ValueError as e:
+        raise SystemExit(f"--loss {cfg.loss}: {e}") from None
+    if loss_temperature(loss_fn) is not None:
+        log(f"loss {cfg.loss}: τ = {loss_temperature(loss_fn):g}{' (its default)' if cfg.temperature is None else ''}")
     gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
 
     # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -137,7 +138,13 @@ def _score_list(row, key, length, texts_key, where):
         raise DataError(f"{where}: field '{key}' must be a list of numbers")
     if len(value) != length:
         raise DataError(f"{where}: field '{key}' has {len(value)} scores but '{texts_key}' has {length} texts")
-    return [float(v) for v in value]
+    value = [float(v) for v in value]
+    # a teacher softmax needs a finite score for every positive: NaN, +inf, or a group of -inf only, give NaN
+    bad = [v for v in value if math.isnan(v) or v == math.inf or (key == "pos_scores" and v == -math.inf)]
+    if bad:
+        raise DataError(f"{where}: field '{key}' holds {bad[0]}; teacher scores must be finite "
+                        f"(-inf is allowed only for a negative, to rule it out)")
+    return value
 
 
 def _row_kind(row: dict, where: str) -> str:

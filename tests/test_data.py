@@ -80,6 +80,13 @@ def test_examples_remember_their_file(tmp_path):
     ({"query": "q", "pos": ["x"], "neg": [1]}, r"bad.jsonl:2: field 'neg' must be a list of non-empty strings"),
     ({"query": "q", "pos": ["x"], "pos_scores": [1, 2]}, r"bad.jsonl:2: field 'pos_scores' has 2 scores but 'pos' has 1"),
     ({"query": "q", "pos": ["x"], "neg": ["y"], "neg_scores": ["high"]}, r"bad.jsonl:2: field 'neg_scores' must be a list of numbers"),
+    # teacher scores a softmax cannot take (written by json as -Infinity / NaN / Infinity)
+    ({"query": "q", "pos": ["x"], "neg": ["y"], "pos_scores": [float("-inf")], "neg_scores": [float("-inf")]},
+     r"bad.jsonl:2: field 'pos_scores' holds -inf; teacher scores must be finite"),
+    ({"query": "q", "pos": ["x"], "neg": ["y"], "pos_scores": [1.0], "neg_scores": [float("nan")]},
+     r"bad.jsonl:2: field 'neg_scores' holds nan"),
+    ({"query": "q", "pos": ["x"], "neg": ["y"], "pos_scores": [float("inf")], "neg_scores": [0.0]},
+     r"bad.jsonl:2: field 'pos_scores' holds inf"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
     path = write(tmp_path, "bad.jsonl", [GOOD, row])
@@ -118,6 +125,12 @@ def test_skip_bad_rows_counts_every_reason(tmp_path):
     assert "3 rows skipped" in report.summary()
     with pytest.raises(DataError, match="no usable rows"):
         load_examples(write(tmp_path, "all-bad.jsonl", [{"query": "q"}]), skip_bad_rows=True)
+
+
+def test_negative_teacher_score_may_be_minus_inf(tmp_path):
+    row = {**GOOD, "pos_scores": [0.9], "neg_scores": [float("-inf"), 0.2]}
+    (ex,), _ = load_examples(write(tmp_path, "d.jsonl", [row]))
+    assert ex.neg_scores == [float("-inf"), 0.2]
 
 
 def test_distill_needs_scores_on_every_row(tmp_path):
