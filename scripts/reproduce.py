@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--outputs", type=Path, default=OUTPUTS, help="runs and their results go here")
     parser.add_argument("--table-dir", type=Path, default=TABLE_MD.parent, help="where reproduce.{md,png} go")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads per run (default 1: on a "
-                        "CPU shared with other jobs, 2 threads that wait on each other were 2x slower than 1)")
+                        "CPU shared with other jobs, threads that wait on each other slow a run down)")
     args = parser.parse_args(argv)
     THREADS = args.threads
     import torch
