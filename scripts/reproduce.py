@@ -1,15 +1,15 @@
 """Rerun the published claims as one table: a grid of train.py runs, each model scored on three eval sets.
 
-    python scripts/reproduce.py                  # the default grid (small: a shared 2-core CPU)
-    python scripts/reproduce.py --full           # longer schedules and every eval pair, for a GPU
-    python scripts/reproduce.py --force          # rerun runs whose results already exist
-    python scripts/reproduce.py --only 1-mnrl 1-cosine
+    python -m scripts.reproduce                  # the default grid (small: a shared 2-core CPU)
+    python -m scripts.reproduce --full           # longer schedules and every eval pair, for a GPU
+    python -m scripts.reproduce --force          # rerun runs whose results already exist
+    python -m scripts.reproduce --only 1-mnrl 1-cosine
 
 The grid is configs/experiments/: `defaults.yaml` (seeds, eval sets, shared train.py options, --full overrides)
 and one YAML per row (`step`, `label`, `train:` train.py options, optional `teacher: true`, `full:` overrides).
 Every config is checked (known loss, known options, data files present) before anything trains; an error names
 the file and key. Steps: 1 the loss ladder, 2 distillation from a teacher (the step-1 row with the best mean
-KorNLI-dev score, its first seed, scores the triplets with scripts/score_with_teacher.py), 3 from scratch.
+KorNLI-dev score, its first seed, scores the triplets with `python -m scripts.score_with_teacher`), 3 from scratch.
 Each run is `python train.py` in its own process with its log in OUTPUTS/<row>/seed<k>/train.log; a run that
 fails is reported as failed (with that path) and the grid goes on. Every model, the base one first, is encoded
 once (the unique sentences of all three eval sets) and scored: KorSTS test and STS-B test cosine Spearman,
@@ -36,7 +36,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a file from anywhere; nothing imports this script
 
 EXPERIMENTS = ROOT / "configs" / "experiments"
 OUTPUTS = ROOT / "outputs" / "reproduce"
@@ -204,7 +203,7 @@ def run_one(row: dict, seed: int, model: str, evals: EvalSets, force: bool) -> d
 def score_teacher(teacher_dir: Path, triplets: str, out: Path, force: bool) -> None:
     if out.exists() and not force:
         return
-    code = subprocess.call([sys.executable, "scripts/score_with_teacher.py", "--teacher", str(teacher_dir),
+    code = subprocess.call([sys.executable, "-m", "scripts.score_with_teacher", "--teacher", str(teacher_dir),
                             "--teacher-type", "bi-encoder", "--input", triplets, "--output", str(out)],
                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)})
     if code != 0:
@@ -233,7 +232,7 @@ def markdown(table: list[dict], machine: str, sizes: str) -> str:
             return "failed"
         return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
-    lines = [f"Measured by `python scripts/reproduce.py` ({sizes}) on {machine}.", "",
+    lines = [f"Measured by `python -m scripts.reproduce` ({sizes}) on {machine}.", "",
              "| step | row | seeds | " + " | ".join(label for _, label in METRICS) + " |",
              "|---|---|---|" + "---|" * len(METRICS)]
     for e in table:

@@ -12,12 +12,9 @@ import yaml
 
 from tests.helpers import REPO, minilm_path, tiny_bi_encoder
 
-SCRIPT = str(REPO / "scripts" / "reproduce.py")
-
-
 def reproduce(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, SCRIPT, "--no-readme", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "scripts.reproduce", "--no-readme", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True)
 
 
