@@ -26,7 +26,7 @@ from data.collator import Collator
 from data.examples import DataError, check_data_path, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
 from data.groups import GroupedDataset
 from data.train_sampler import build_train_sampler
-from losses import LOSS_NAMES, build_loss
+from losses import LOSS_NAMES, build_loss, loss_temperature
 from losses.gte import DIRECTIONS
 from models.bi_encoder import BiEncoder
 from models.pooling import POOLING_MODES
@@ -84,13 +84,16 @@ class TrainConfig:
                                     "(in-batch-negative losses)")
     # loss
     loss: str = opt("infonce", f"one of {', '.join(LOSS_NAMES)}")
-    temperature: float = opt(0.02, "τ in s = cos/τ (infonce, gte, distill)")
+    temperature: float = opt(None, "τ in s = cos/τ (infonce, gte, mnrl, distill); default: the loss's paper value "
+                                   "(gte 0.01 GTE, infonce 0.02 BGE, mnrl 0.05 = sentence-transformers' scale 20, "
+                                   "distill its base's, 0.02 without one); an ST scale s is τ = 1/s")
     gte_directions: list = opt(list(DIRECTIONS), "gte partition terms to include (qd always)")
+    gte_exclude_own_group: bool = opt(True, "gte 'dd' term: leave out every passage of the query's own group (as "
+                                            "sentence-transformers); --no-gte-exclude-own-group leaves out d_i only")
     distill_base: str = opt("infonce", "distill: contrastive loss added to the KD term: infonce | gte | none")
     distill_weight: float = opt(1.0, "distill: λ, weight of the KD term")
     distill_mode: str = opt("kl", "distill: kl (over the query's group) | m3 (teacher-weighted in-batch CE)")
     teacher_temperature: float = opt(1.0, "distill: τ_t in softmax(teacher_score / τ_t)")
-    mnrl_scale: float = opt(20.0, "mnrl: similarity scale (1/τ)")
     cross_device: bool = opt(True, "gather in-batch negatives from all processes (exact gradients)")
     # optimisation
     batch_size: int = opt(32, "queries per process per step")
@@ -143,10 +146,9 @@ def main(cfg: TrainConfig) -> dict:
 
     # ------------------------------------------------------------------ model and loss
     model = load_model(cfg)
-    loss_fn = build_loss(cfg.loss, dim=model.dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
-                         distill_base=cfg.distill_base, distill_weight=cfg.distill_weight,
-                         distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
-                         mnrl_scale=cfg.mnrl_scale)
+    loss_fn = make_loss(cfg, model.dim)
+    if loss_temperature(loss_fn) is not None:
+        log(f"loss {cfg.loss}: τ = {loss_temperature(loss_fn):g}{' (its default)' if cfg.temperature is None else ''}")
     gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
 
     # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)
@@ -286,6 +288,16 @@ def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
     return dataset, sampler, loader, group_size
 
 
+def make_loss(cfg: TrainConfig, dim: int):
+    try:
+        return build_loss(cfg.loss, dim=dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
+                          gte_exclude_own_group=cfg.gte_exclude_own_group, distill_base=cfg.distill_base,
+                          distill_weight=cfg.distill_weight, distill_mode=cfg.distill_mode,
+                          teacher_temperature=cfg.teacher_temperature, group_size=cfg.group_size)
+    except ValueError as e:
+        raise SystemExit(f"--loss {cfg.loss}: {e}") from None
+
+
 def check_options(cfg: TrainConfig) -> None:
     """Options that are wrong on their own: stop before anything loads, with one message naming the option."""
     if cfg.loss not in LOSS_NAMES:
@@ -296,10 +308,10 @@ def check_options(cfg: TrainConfig) -> None:
         raise SystemExit("--train-data is required")
     rules = [  # (option, value, allowed?, what it must be)
         ("lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
-        ("temperature", cfg.temperature, math.isfinite(cfg.temperature) and cfg.temperature > 0, "a finite number > 0"),
+        ("temperature", cfg.temperature, cfg.temperature is None or (math.isfinite(cfg.temperature)
+                                                                      and cfg.temperature > 0), "a finite number > 0"),
         ("teacher_temperature", cfg.teacher_temperature, math.isfinite(cfg.teacher_temperature)
          and cfg.teacher_temperature > 0, "a finite number > 0"),
-        ("mnrl_scale", cfg.mnrl_scale, math.isfinite(cfg.mnrl_scale) and cfg.mnrl_scale > 0, "a finite number > 0"),
         ("score_max", cfg.score_max, math.isfinite(cfg.score_max) and cfg.score_max > 0, "a finite number > 0"),
         ("distill_weight", cfg.distill_weight, math.isfinite(cfg.distill_weight) and cfg.distill_weight >= 0,
          "a finite number ≥ 0"),
@@ -329,12 +341,7 @@ def check_options(cfg: TrainConfig) -> None:
         raise SystemExit(f"--eval-steps {cfg.eval_steps}: evaluates --eval-sts, which is not set")
     if cfg.deepspeed:
         load_deepspeed_config(cfg.deepspeed)  # readable JSON (build_accelerator reconciles it with the flags)
-    try:  # the loss's own options (distill base / mode, gte directions), on a stand-in dimension
-        build_loss(cfg.loss, dim=8, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
-                   distill_base=cfg.distill_base, distill_weight=cfg.distill_weight, distill_mode=cfg.distill_mode,
-                   teacher_temperature=cfg.teacher_temperature, mnrl_scale=cfg.mnrl_scale)
-    except ValueError as e:
-        raise SystemExit(f"--loss {cfg.loss}: {e}") from None
+    make_loss(cfg, dim=8)  # the loss's own options (distill base / mode / group size, gte directions), stand-in dim
     try:
         for path in cfg.train_data:
             check_data_path(path)

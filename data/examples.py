@@ -176,9 +176,9 @@ def _score_list(row, key, length, texts_key, where):
         raise DataError(f"{where}: field '{key}' must be a list of numbers")
     if len(value) != length:
         raise DataError(f"{where}: field '{key}' has {len(value)} scores but '{texts_key}' has {length} texts")
-    for v in value:  # NaN / inf (JSON NaN, Infinity, 1e999) would make the loss non-finite
+    for v in value:  # NaN / inf (JSON NaN, Infinity, 1e999) would make the loss non-finite; an all -inf group NaN
         if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
-            raise DataError(f"{where}: field '{key}' holds {v!r}; scores must be finite numbers"
+            raise DataError(f"{where}: field '{key}' holds {v!r}; teacher scores must be finite numbers"
                             + (" within float32 range" if math.isfinite(v) else ""))
     return [float(v) for v in value]
 

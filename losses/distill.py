@@ -1,16 +1,25 @@
 """Knowledge distillation from reranker (teacher) scores, alone or added to a contrastive loss.
 
 Teacher: for query i's group (its positive and G-1 negatives, the order of the data's `pos_scores` then
-`neg_scores`), p_i = softmax(t_i / τ_t) over the G passages.
+`neg_scores`), p_i = softmax(t_i / τ_t) over the G passages. Student: s(q, d) = cos(q, d) / τ.
 
 mode "kl" (RocketQAv2, Ren et al. 2021, arXiv:2110.07367; BGE's `kl_div`):
-    L_kd = 1/n Σ_i KL(p_i ‖ softmax(s_i)),   s_ig = cos(q_i, d_ig) / τ over the same G passages.
-mode "m3" (BGE-M3, Chen et al. 2024, arXiv:2402.03216; BGE's `m3_kd_loss`): cross-entropy against every
-passage of the batch, each group member weighted by its teacher probability:
-    L_kd = -1/n Σ_i Σ_g p_ig · log softmax_j( s(q_i, d_j) )[i*G + g],   j over all N*G passages.
+    L_kd = 1/n Σ_i KL(p_i ‖ softmax(s_i)),   s_ig = s(q_i, d_ig) over the same G passages.
+  Conventions: FlagEmbedding's `kl_div` computes the cross-entropy -Σ_g p_ig log softmax(s_i)_g, which is this
+  KL plus the teacher's entropy (a constant: same gradient, different value). sentence-transformers'
+  DistillKLDivLoss computes the same KL but multiplies it by τ² (Hinton et al.'s gradient-scale convention) and
+  by default scores with the dot product at τ = 1; ours is unscaled, so λ (`weight`) alone sets the KD weight.
+mode "m3" (BGE-M3, Chen et al. 2024, arXiv:2402.03216; FlagEmbedding's `m3_kd_loss`): cross-entropy against
+every passage of the batch, one term per group member g weighted by its teacher probability; when scoring
+member g, the members 0…g-1 of the query's own group are left out of the partition (FlagEmbedding masks them):
+    L_kd = -1/n Σ_i Σ_g p_ig · log( e^{s(q_i, d_ig)} / Σ_{j ∉ {d_i0 … d_i(g-1)}} e^{s(q_i, d_j)} ),
+  j over all N*G passages. FlagEmbedding's m3 mode uses no other loss; here L_base is added as in kl mode
+  (set base None, `--distill-base none`, for FlagEmbedding's loss).
 
 Total: L = L_base + λ · L_kd with L_base the `base` loss (infonce or gte) or 0 when base is None.
-Inputs as in `losses/infonce.py`, plus teacher_scores [n, G] for the local queries.
+Inputs as in `losses/infonce.py`, plus teacher_scores [n, G] for the local queries; G ≥ 2 (with one passage
+the teacher's distribution is the constant 1 and there is nothing to distil).
+τ defaults to the base loss's own default (FlagEmbedding uses one τ for both terms), BGE's 0.02 without a base.
 """
 import torch
 import torch.nn.functional as F
@@ -19,17 +28,21 @@ from torch import nn
 from losses.similarity import cos_sim, local_rows
 
 MODES = ("kl", "m3")
+BGE_TEMPERATURE = 0.02  # C-Pack / FlagEmbedding fine-tuning default
 
 
 class DistillLoss(nn.Module):
     needs = frozenset({"teacher_scores"})
+    min_group_size = 2
 
-    def __init__(self, base: nn.Module | None = None, weight: float = 1.0, temperature: float = 0.02,
+    def __init__(self, base: nn.Module | None = None, weight: float = 1.0, temperature: float | None = None,
                  teacher_temperature: float = 1.0, mode: str = "kl"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"distill mode must be one of {MODES}, got {mode!r}")
         self.base, self.weight, self.mode = base, weight, mode
+        if temperature is None:
+            temperature = base.temperature if base is not None else BGE_TEMPERATURE
         self.temperature, self.teacher_temperature = temperature, teacher_temperature
         self.in_batch = base is not None or mode == "m3"
 
@@ -37,6 +50,9 @@ class DistillLoss(nn.Module):
         if teacher_scores is None:
             raise ValueError("distill loss needs teacher scores (pos_scores / neg_scores in the data)")
         n_queries, group = q.shape[0], p.shape[0] // q.shape[0]
+        if group < self.min_group_size:
+            raise ValueError(f"distill needs ≥ {self.min_group_size} passages per query (got {group}): with one "
+                             "passage the teacher's softmax is constant and the loss is zero")
         idx = local_rows(rows, n_queries).to(q.device)  # [n]
         target = F.softmax(teacher_scores.float() / self.teacher_temperature, dim=-1)  # [n, G]
         cols = idx[:, None] * group + torch.arange(group, device=q.device)  # this query's group, [n, G]
@@ -45,7 +61,12 @@ class DistillLoss(nn.Module):
                              F.normalize(p[cols].float(), dim=-1)) / self.temperature  # [n, G]
             kd = F.kl_div(F.log_softmax(s, dim=-1), target, reduction="batchmean")
         else:
-            log_p = F.log_softmax(cos_sim(q[idx], p, 1 / self.temperature), dim=-1)  # [n, N*G]
-            kd = -(target * log_p.gather(1, cols)).sum(dim=1).mean()
+            scores = cos_sim(q[idx], p, 1 / self.temperature)  # [n, N*G]
+            member = torch.arange(p.shape[0], device=q.device) - idx[:, None] * group  # [n, N*G]: g in own group
+            members = torch.arange(group, device=q.device)[None, :, None]  # [1, G, 1]
+            earlier = (member[:, None, :] >= 0) & (member[:, None, :] < members)  # [n, G, N*G]: members 0…g-1
+            masked = scores[:, None, :].masked_fill(earlier, float("-inf"))  # [n, G, N*G]
+            log_p = masked.gather(2, cols[:, :, None]).squeeze(2) - torch.logsumexp(masked, dim=2)  # [n, G]
+            kd = -(target * log_p).sum(dim=1).mean()
         base = self.base(q, p, rows=rows) if self.base is not None else 0.0
         return base + self.weight * kd

@@ -20,8 +20,9 @@ from losses.similarity import cos_sim, local_rows
 class InfoNCELoss(nn.Module):
     in_batch = True  # uses other queries' passages as negatives, so it benefits from cross-device gathering
     needs = frozenset()
+    default_temperature = 0.02  # BGE (C-Pack)
 
-    def __init__(self, temperature: float = 0.02):
+    def __init__(self, temperature: float = default_temperature):
         super().__init__()
         self.temperature = temperature
 

@@ -1,0 +1,81 @@
+"""scripts/reproduce.py: bad configs stop before any training; a failed run is reported and the others finish;
+finished runs are skipped on a rerun. Run as a subprocess (nothing imports a script)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, minilm_path, tiny_bi_encoder
+
+def reproduce(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "scripts.reproduce", "--no-readme", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+
+
+def write_grid(folder, model, rows: dict, eval_file):
+    folder.mkdir()
+    (folder / "defaults.yaml").write_text(yaml.safe_dump({
+        "seeds": [0], "model": str(model),
+        "eval": {"korsts_test": str(eval_file), "kornli_dev": str(eval_file.with_name("nli.tsv")),
+                 "stsb_test": str(eval_file), "pairs": 0, "max_len": 16},
+        "train": {"group_size": 2, "batch_size": 4, "max_steps": 2, "lr": 1e-3, "log_steps": 1, "report_to": "none",
+                  "query_max_len": 16, "passage_max_len": 16}}))
+    for name, row in rows.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(row))
+
+
+def eval_files(tmp_path):
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"a cat number {i}\ta dog number {i % 3}\t{i % 5}\n" for i in range(8)), encoding="utf-8")
+    (tmp_path / "nli.tsv").write_text("sentence1\tsentence2\tgold_label\n" + "".join(
+        f"a man {i}\ta person {i}\t{('entailment', 'neutral', 'contradiction')[i % 3]}\n" for i in range(9)))
+    return sts
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"loss": "triplet", "train_data": ["data/sample/train.jsonl"]},
+     r"row\.yaml: train\.loss: unknown loss 'triplet'"),
+    ({"loss": "infonce", "train_data": ["data/sample/missing.jsonl"]},
+     r"row\.yaml: train\.train_data\[0\]: data/sample/missing\.jsonl does not exist"),
+    ({"loss": "infonce", "train_data": ["data/sample/train.jsonl"], "temprature": 0.1},
+     r"row\.yaml: train\.temprature: not a train\.py option"),
+])
+def test_bad_config_stops_before_training_naming_file_and_key(tmp_path, train, message):
+    import re
+
+    write_grid(tmp_path / "grid", "unused", {"row": {"step": 1, "label": "x", "train": train}}, eval_files(tmp_path))
+    done = reproduce("--experiments", tmp_path / "grid", "--outputs", tmp_path / "out")
+    assert done.returncode != 0 and re.search(message, done.stderr), done.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_failed_run_is_reported_others_finish_and_reruns_skip(tmp_path):
+    model = tmp_path / "tiny"
+    tiny_bi_encoder(minilm_path()).save(str(model))
+    good = {"step": 1, "label": "good", "train": {"loss": "infonce", "train_data": ["data/sample/train.jsonl"]}}
+    bad = {"step": 1, "label": "bad", "train": {"loss": "infonce", "train_data": ["data/sample/train.jsonl"],
+                                                 "grad_cache_chunk": 100000}}  # train.py refuses it at start-up
+    write_grid(tmp_path / "grid", model, {"1-bad": bad, "1-good": good}, eval_files(tmp_path))
+    args = ("--experiments", tmp_path / "grid", "--outputs", tmp_path / "out", "--table-dir", tmp_path / "table")
+    done = reproduce(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = tmp_path / "out" / "default"
+    bad_result = json.loads((runs / "1-bad" / "seed0" / "result.json").read_text())
+    good_result = json.loads((runs / "1-good" / "seed0" / "result.json").read_text())
+    assert not bad_result["ok"] and "--grad-cache-chunk 100000" in open(bad_result["log"]).read()
+    assert good_result["ok"] and set(good_result["scores"]) == {"korsts_test", "kornli_dev", "stsb_test"}
+    table = (tmp_path / "table" / "reproduce.md").read_text()
+    assert "| 1 | bad (failed: `" in table and "| 1 | good | 1 |" in table
+    assert (tmp_path / "table" / "reproduce.png").stat().st_size > 0
+
+    again = reproduce(*args)  # the good run is skipped, the failed one is tried again
+    assert again.returncode == 0
+    assert json.loads((runs / "1-good" / "seed0" / "result.json").read_text()) == good_result  # same seconds
+    assert json.loads((runs / "1-bad" / "seed0" / "result.json").read_text()) != bad_result  # timed anew
