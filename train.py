@@ -27,6 +27,7 @@ from data.examples import DataError, load_examples, pair_kind_for
 from data.groups import GroupedDataset
 from losses import LOSS_NAMES, build_loss
 from losses.gte import DIRECTIONS
+from losses.tiled import DEFAULT_TILE, choose_tiling
 from models.bi_encoder import BiEncoder
 from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
@@ -81,6 +82,11 @@ class TrainConfig:
     teacher_temperature: float = opt(1.0, "distill: τ_t in softmax(teacher_score / τ_t)")
     mnrl_scale: float = opt(20.0, "mnrl: similarity scale (1/τ)")
     cross_device: bool = opt(True, "gather in-batch negatives from all processes (exact gradients)")
+    loss_tile_size: int = opt(None, "compute the in-batch loss in tiles of N × N similarities (losses/tiled.py: "
+                                    "same values and gradients, never the whole batch × batch matrix); default: "
+                                    "automatic, see --loss-tile-above")
+    loss_tile_above: int = opt(16384, f"without --loss-tile-size: tile the loss (tiles of {DEFAULT_TILE}) once the "
+                                      "global batch has more queries than this (0 = never automatically)")
     # optimisation
     batch_size: int = opt(32, "queries per process per step")
     epochs: int = opt(1, "passes over the data (ignored when --max-steps > 0)")
@@ -128,6 +134,13 @@ def main(cfg: TrainConfig) -> dict:
                          distill_mode=cfg.distill_mode, teacher_temperature=cfg.teacher_temperature,
                          mnrl_scale=cfg.mnrl_scale)
     gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
+    try:  # the tiled form of the loss when asked, or automatically above --loss-tile-above queries
+        dense_loss, loss_fn = loss_fn, choose_tiling(loss_fn, cfg.loss_tile_size, cfg.loss_tile_above,
+                                                     batch_queries=cfg.batch_size * (accelerator.num_processes if gather else 1))
+    except ValueError as e:
+        raise SystemExit(f"--loss-tile-size / --loss-tile-above (--loss {cfg.loss}): {e}") from None
+    if loss_fn is not dense_loss:
+        log(f"loss {cfg.loss}: tiled, {loss_fn.tile_size} × {loss_fn.tile_size} similarities at a time (losses/tiled.py)")
 
     # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)
     dataset, sampler, loader, group_size = load_data(cfg, model, loss_fn, accelerator)

@@ -1,0 +1,246 @@
+"""Tile-wise contrastive losses: infonce, gte and distill's in-batch terms without the N×M similarity matrix.
+
+The idea of Inf-CL (Cheng et al. 2024, "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for
+Contrastive Loss", arXiv:2410.17243). Every in-batch term of our losses is, per local query i, a log-partition
+over a block of similarities minus a positive score:
+
+    L = 1/n Σ_i ( lse_i − s_i⁺ ),   lse_i = log Σ_{j ∉ skip_i} e^{r_i · c_j},
+    r_i = normalize(row_i) / τ,      c_j = normalize(col_j),      skip_i = [lo_i, hi_i)  (columns left out)
+
+(infonce: rows = queries, columns = passages, no skip; gte adds three more blocks, combined by one more
+log-sum-exp; distill's m3 term reuses infonce's lse.) Forward: the [n, m] matrix r·cᵀ is visited in tiles of
+T rows × T columns, and each row keeps a running total, the online log-sum-exp
+
+    lse_i ← log( e^{lse_i} + Σ_{j in tile} e^{r_i·c_j} ).
+
+Backward: autograd hands over g_i = ∂L/∂lse_i; with P_ij = e^{r_i·c_j − lse_i} (0 for skipped j), recomputed
+tile by tile from r and c (one more T×T product per tile, as in Inf-CL and FlashAttention),
+
+    ∂L/∂r_i = Σ_j g_i P_ij c_j,        ∂L/∂c_j = Σ_i g_i P_ij r_i.
+
+Memory beyond the embeddings: the normalised copies and their gradients, lse [n], and a few T×T tiles — O((n+m)·D
++ T²) instead of the dense losses' [n, m] logits, their softmax and its gradient. Values and gradients equal the
+dense losses in losses/{infonce,gte,distill}.py up to summation order (tests/test_tiled_loss.py).
+
+Where we differ from Inf-CL: it splits the columns across GPUs and passes them around a ring; here the columns
+are the already-gathered batch (training/gather.py) and tiling is within one process, so any loss with a
+log-partition over rows × columns fits the same function. Precision: the dense losses compute in fp32; this
+computes in fp32 too, or in float64 when given float64 (for the tests).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from losses.distill import DistillLoss
+from losses.gte import DIRECTIONS, GTELoss
+from losses.infonce import InfoNCELoss
+from losses.similarity import local_rows
+
+DEFAULT_TILE = 4096  # 4096² fp32 = 64 MiB per tile matrix: nothing on a GPU; on CPU the benchmark uses 1024
+TILED_LOSSES = ("infonce", "gte", "distill", "mnrl")
+
+
+class _TiledLogSumExp(torch.autograd.Function):
+    """(rows [n, D], cols [m, D], skip_lo [n] | None, skip_hi [n] | None, tile) -> lse [n]."""
+
+    @staticmethod
+    def forward(ctx, rows, cols, skip_lo, skip_hi, tile):
+        n, m = rows.shape[0], cols.shape[0]
+        lse = rows.new_full((n,), float("-inf"))  # [n]
+        with torch.autocast(rows.device.type, enabled=False):
+            for r0 in range(0, n, tile):
+                r = rows[r0:r0 + tile]  # [t_r, D]
+                running = lse[r0:r0 + tile]  # view into lse, [t_r]
+                for c0 in range(0, m, tile):
+                    s = r @ cols[c0:c0 + tile].T  # [t_r, t_c]: the only similarities ever held
+                    skip = _skip_mask(skip_lo, skip_hi, r0, r.shape[0], c0, s.shape[1])
+                    if skip is not None:
+                        s = s.masked_fill(skip, float("-inf"))
+                    torch.logaddexp(running, torch.logsumexp(s, dim=1), out=running)
+        ctx.save_for_backward(rows, cols, lse, skip_lo, skip_hi)
+        ctx.tile = tile
+        return lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lse):
+        rows, cols, lse, skip_lo, skip_hi = ctx.saved_tensors
+        tile, n, m = ctx.tile, rows.shape[0], cols.shape[0]
+        grad_rows, grad_cols = torch.zeros_like(rows), torch.zeros_like(cols)  # [n, D], [m, D]
+        grad_lse = grad_lse.to(rows.dtype)
+        with torch.autocast(rows.device.type, enabled=False):
+            for r0 in range(0, n, tile):
+                r = rows[r0:r0 + tile]  # [t_r, D]
+                for c0 in range(0, m, tile):
+                    c = cols[c0:c0 + tile]  # [t_c, D]
+                    weight = torch.exp(r @ c.T - lse[r0:r0 + tile, None])  # P_ij, [t_r, t_c]
+                    skip = _skip_mask(skip_lo, skip_hi, r0, r.shape[0], c0, c.shape[0])
+                    if skip is not None:
+                        weight = weight.masked_fill(skip, 0.0)
+                    weight.mul_(grad_lse[r0:r0 + tile, None])  # g_i P_ij
+                    grad_rows[r0:r0 + tile].addmm_(weight, c)
+                    grad_cols[c0:c0 + tile].addmm_(weight.T, r)
+        return grad_rows, grad_cols, None, None, None
+
+
+def _skip_mask(skip_lo, skip_hi, r0: int, t_r: int, c0: int, t_c: int):
+    """[t_r, t_c] bool, True where column c0+k lies in row r0+i's skipped range; None when nothing is skipped."""
+    if skip_lo is None:
+        return None
+    cols = torch.arange(c0, c0 + t_c, device=skip_lo.device)  # [t_c]
+    lo, hi = skip_lo[r0:r0 + t_r, None], skip_hi[r0:r0 + t_r, None]  # [t_r, 1]
+    return (cols >= lo) & (cols < hi)
+
+
+def tiled_log_sum_exp(rows: torch.Tensor, cols: torch.Tensor, tile: int, skip_lo: torch.Tensor | None = None,
+                      skip_hi: torch.Tensor | None = None) -> torch.Tensor:
+    """rows [n, D], cols [m, D] (same dtype) -> [n]: log Σ_{j ∉ [skip_lo_i, skip_hi_i)} e^{rows_i · cols_j},
+    never holding more than tile × tile products; differentiable in rows and cols."""
+    check_tile_size(tile)
+    return _TiledLogSumExp.apply(rows, cols, skip_lo, skip_hi, tile)
+
+
+def check_tile_size(tile, batch_queries: int | None = None) -> None:
+    """ValueError unless 0 < tile (≤ batch_queries when given): a bigger tile is the dense loss with extra steps."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+        raise ValueError(f"the tile size must be a positive number of rows, got {tile!r}")
+    if batch_queries is not None and tile > batch_queries:
+        raise ValueError(f"tile size {tile} is larger than the global batch of {batch_queries} queries: one tile "
+                         f"would hold the whole similarity matrix (the dense loss); lower it or leave it unset")
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows in fp32 (float64 stays float64), as losses/similarity.py's cos_sim uses them."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+
+
+class TiledInfoNCELoss(nn.Module):
+    """losses/infonce.py's InfoNCE, tiled: L = 1/n Σ_i ( log Σ_j e^{s(q_i, d_j)} − s(q_i, d_i⁺) )."""
+    in_batch = True
+    needs = frozenset()
+
+    def __init__(self, temperature: float = 0.02, tile_size: int = DEFAULT_TILE):
+        super().__init__()
+        check_tile_size(tile_size)
+        self.temperature, self.tile_size = temperature, tile_size
+
+    def forward(self, q, p, *, rows: slice | None = None, **_) -> torch.Tensor:
+        group = p.shape[0] // q.shape[0]
+        idx = local_rows(rows, q.shape[0]).to(q.device)  # [n]
+        q_unit, p_unit = _unit(q), _unit(p)  # [N, D], [N*G, D]
+        r = q_unit[idx] / self.temperature  # [n, D]
+        log_z = tiled_log_sum_exp(r, p_unit, self.tile_size)  # [n]
+        positive = (r * p_unit[idx * group]).sum(dim=1)  # s(q_i, d_i⁺), [n]
+        return (log_z - positive).mean()
+
+
+class TiledGTELoss(nn.Module):
+    """losses/gte.py's four-direction GTE loss, tiled: each direction's log-partition is one tiled block, the
+    blocks combine with one more log-sum-exp:  log Z_i = log Σ_blocks e^{lse_block,i}.
+
+    Masks as the dense class: "qq" leaves out q_i itself; "dd" leaves out d_i itself, or with exclude_own_group
+    every passage of query i's group (its positive and its hard negatives, columns [i·G, (i+1)·G)).
+    """
+    in_batch = True
+    needs = frozenset()
+
+    def __init__(self, temperature: float = 0.01, directions=DIRECTIONS, tile_size: int = DEFAULT_TILE,
+                 exclude_own_group: bool = False):
+        super().__init__()
+        GTELoss(temperature, directions)  # the same checks of `directions`
+        check_tile_size(tile_size)
+        self.temperature, self.directions, self.tile_size = temperature, tuple(directions), tile_size
+        self.exclude_own_group = exclude_own_group
+
+    def forward(self, q, p, *, rows: slice | None = None, **_) -> torch.Tensor:
+        n_queries, group = q.shape[0], p.shape[0] // q.shape[0]
+        idx = local_rows(rows, n_queries).to(q.device)  # [n]
+        pos_col = idx * group  # column of d_i among the passages, [n]
+        q_unit, p_unit = _unit(q), _unit(p)  # [N, D], [N*G, D]
+        q_rows = q_unit[idx] / self.temperature  # [n, D]
+        d_rows = p_unit[pos_col] / self.temperature  # positives of the local queries, [n, D]
+        blocks = [tiled_log_sum_exp(q_rows, p_unit, self.tile_size)]  # "qd", [n]
+        if "qq" in self.directions:
+            blocks.append(tiled_log_sum_exp(q_rows, q_unit, self.tile_size, idx, idx + 1))
+        if "dq" in self.directions:
+            blocks.append(tiled_log_sum_exp(d_rows, q_unit, self.tile_size))
+        if "dd" in self.directions:
+            skip_hi = pos_col + (group if self.exclude_own_group else 1)
+            blocks.append(tiled_log_sum_exp(d_rows, p_unit, self.tile_size, pos_col, skip_hi))
+        log_z = torch.logsumexp(torch.stack(blocks), dim=0)  # [n]
+        positive = (q_rows * p_unit[pos_col]).sum(dim=1)  # s(q_i, d_i), [n]
+        return (log_z - positive).mean()
+
+
+class TiledDistillLoss(nn.Module):
+    """losses/distill.py with its contrastive base tiled and, in mode "m3", the in-batch log-softmax tiled:
+        log softmax_j(s(q_i, d_j))[k] = s(q_i, d_k) − lse_i,   lse_i = log Σ_j e^{s(q_i, d_j)} (tiled).
+    Mode "kl" only scores each query's own G passages ([n, G]), so it runs as the dense code does."""
+    needs = frozenset({"teacher_scores"})
+
+    def __init__(self, dense: DistillLoss, tile_size: int = DEFAULT_TILE):
+        super().__init__()
+        check_tile_size(tile_size)
+        self.base = tiled_form(dense.base, tile_size) if dense.base is not None else None
+        self.weight, self.mode, self.tile_size = dense.weight, dense.mode, tile_size
+        self.temperature, self.teacher_temperature = dense.temperature, dense.teacher_temperature
+        self.in_batch = dense.in_batch
+        self.kl = DistillLoss(None, dense.weight, dense.temperature, dense.teacher_temperature, "kl")
+
+    def forward(self, q, p, *, rows: slice | None = None, teacher_scores: torch.Tensor = None, **_) -> torch.Tensor:
+        if teacher_scores is None:
+            raise ValueError("distill loss needs teacher scores (pos_scores / neg_scores in the data)")
+        if self.mode == "kl":
+            weighted_kd = self.kl(q, p, rows=rows, teacher_scores=teacher_scores)  # λ · KL, [n, G] scores only
+        else:
+            n_queries, group = q.shape[0], p.shape[0] // q.shape[0]
+            idx = local_rows(rows, n_queries).to(q.device)  # [n]
+            cols = idx[:, None] * group + torch.arange(group, device=q.device)  # this query's group, [n, G]
+            q_unit, p_unit = _unit(q), _unit(p)  # [N, D], [N*G, D]
+            target = F.softmax(teacher_scores.to(q_unit.dtype) / self.teacher_temperature, dim=-1)  # [n, G]
+            r = q_unit[idx] / self.temperature  # [n, D]
+            log_z = tiled_log_sum_exp(r, p_unit, self.tile_size)  # [n]
+            s_group = torch.einsum("nd,ngd->ng", r, p_unit[cols])  # s(q_i, d_ig), [n, G]
+            kd = -(target * (s_group - log_z[:, None])).sum(dim=1).mean()
+            weighted_kd = self.weight * kd
+        base = self.base(q, p, rows=rows) if self.base is not None else 0.0
+        return base + weighted_kd
+
+
+def tiled_form(loss: nn.Module, tile_size: int = DEFAULT_TILE) -> nn.Module:
+    """The tiled counterpart of a dense loss from `losses.build_loss` (same values and gradients); ValueError
+    naming the loss when it has none."""
+    check_tile_size(tile_size)
+    if isinstance(loss, InfoNCELoss):  # mnrl included (InfoNCE with τ = 1/scale)
+        return TiledInfoNCELoss(loss.temperature, tile_size)
+    if isinstance(loss, GTELoss):
+        return TiledGTELoss(loss.temperature, loss.directions, tile_size,
+                            exclude_own_group=getattr(loss, "exclude_own_group", False))
+    if isinstance(loss, DistillLoss):
+        if loss.base is None and loss.mode == "kl":
+            raise ValueError("loss 'distill' with --distill-base none and --distill-mode kl has no tiled form: it "
+                             "only scores each query's own group ([n, G]), there is no batch × batch matrix to tile")
+        return TiledDistillLoss(loss, tile_size)
+    name = {"SoftmaxNLILoss": "softmax", "CosineLoss": "cosine"}.get(type(loss).__name__, type(loss).__name__)
+    raise ValueError(f"loss {name!r} has no tiled form (it is not an in-batch contrastive loss); tiled losses: "
+                     f"{', '.join(TILED_LOSSES)}")
+
+
+def choose_tiling(loss: nn.Module, tile_size: int | None, tile_above: int, batch_queries: int) -> nn.Module:
+    """train.py's choice: tile_size given → that tile (checked against the batch; a loss without a tiled form is
+    refused); None → tiled with DEFAULT_TILE (at most the batch) when the global batch has more than
+    `tile_above` queries and the loss has a tiled form (0 = never automatically); else the dense loss."""
+    if tile_above < 0:
+        raise ValueError(f"the automatic threshold must be ≥ 0 queries (0 = never tile automatically), got {tile_above}")
+    if tile_size is not None:
+        check_tile_size(tile_size, batch_queries)
+        return tiled_form(loss, tile_size)
+    if tile_above == 0 or batch_queries <= tile_above:
+        return loss
+    try:
+        return tiled_form(loss, min(DEFAULT_TILE, batch_queries))
+    except ValueError:  # no in-batch matrix to tile (pair losses, distill kl alone): the dense loss is already O(n)
+        return loss
