@@ -18,7 +18,8 @@ from tests.tiny_run import losses, torchrun, train_args
 from training.deepspeed_config import resolve_deepspeed_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_m3") for mode in ("plain", "grad_cache")]
+CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_m3", "infonce_tiled", "gte_tiled",
+                                       "distill_m3_tiled") for mode in ("plain", "grad_cache")]
 
 
 # ---------------------------------------------------------------- exactness against one process (one launch)
@@ -32,7 +33,8 @@ def exactness(tmp_path_factory):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_match_one_process_on_the_global_batch(exactness, case):
-    """infonce / gte / distill (kl, m3), 3 queries × (1 positive + 2 hard negatives) per process, ± GradCache."""
+    """infonce / gte / distill (kl, m3), 3 queries × (1 positive + 2 hard negatives) per process, ± GradCache;
+    *_tiled: the tiled loss (tiles of 4) on 2 processes against the dense loss on one."""
     r = exactness["cases"][case]
     assert exactness["world"] == 2
     assert r["loss_diff"] <= 1e-5 * max(1.0, abs(r["ref_loss"])), r
