@@ -18,8 +18,9 @@ tile by tile from r and c (one more T×T product per tile, as in Inf-CL and Flas
 
     ∂L/∂r_i = Σ_j g_i P_ij c_j,        ∂L/∂c_j = Σ_i g_i P_ij r_i.
 
-Memory beyond the embeddings: the normalised copies and their gradients, lse [n], and a few T×T tiles — O((n+m)·D
-+ T²) instead of the dense losses' [n, m] logits, their softmax and its gradient. Values and gradients equal the
+Each tile's rows and columns are normalised when the tile is used, so memory beyond the embeddings is their
+gradients, the norms and lse [n], and a few T×T tiles — O((n+m)·D + T²) instead of the dense losses' [n, m]
+logits, their softmax and its gradient (and the batch's normalised copies). Values and gradients equal the
 dense losses in losses/{infonce,gte,distill}.py up to summation order (tests/test_tiled_loss.py).
 
 Where we differ from Inf-CL: it splits the columns across GPUs and passes them around a ring; here the columns
@@ -37,53 +38,106 @@ from torch.autograd.function import once_differentiable
 from losses.distill import DistillLoss
 from losses.gte import DIRECTIONS, GTELoss
 from losses.infonce import InfoNCELoss
-from losses.similarity import local_rows
 
 DEFAULT_TILE = 4096  # 4096² fp32 = 64 MiB per tile matrix: nothing on a GPU; on CPU the benchmark uses 1024
 TILED_LOSSES = ("infonce", "gte", "distill", "mnrl")
 
 
+EPS = 1e-12  # F.normalize's: x / max(‖x‖, EPS)
+
+
 class _TiledLogSumExp(torch.autograd.Function):
-    """(rows [n, D], cols [m, D], skip_lo [n] | None, skip_hi [n] | None, tile) -> lse [n]."""
+    """(rows [n, D], cols [m, D], scale, skip_lo [n] | None, skip_hi [n] | None, pick_lo [n] | None, picks, tile)
+    -> (lse [n], picked [n, picks]): lse_i over the columns not skipped, picked_ik = s_i,pick_lo_i+k.
+
+    rows and cols are raw embeddings; each tile is normalised when it is used (2·T·D operations next to the
+    tile product's T²·D), so not even normalised copies of the batch are kept: what is saved for backward is
+    the inputs themselves, their norms and lse. The picked scores (the positives) come out of the same tiles, and
+    their gradient goes back through the same tile products, so no [n, D] gather of positives is made either.
+    """
 
     @staticmethod
-    def forward(ctx, rows, cols, skip_lo, skip_hi, tile):
+    def forward(ctx, rows, cols, scale, skip_lo, skip_hi, pick_lo, picks, tile):
+        dtype = torch.promote_types(rows.dtype, torch.float32)  # fp32, or float64 when given float64
+        row_norm = rows.to(dtype).norm(dim=1).clamp_min(EPS)  # [n]
+        col_norm = cols.to(dtype).norm(dim=1).clamp_min(EPS)  # [m]
         n, m = rows.shape[0], cols.shape[0]
-        lse = rows.new_full((n,), float("-inf"))  # [n]
+        lse = torch.full((n,), float("-inf"), dtype=dtype, device=rows.device)  # [n]
+        picked = torch.zeros((n, picks if pick_lo is not None else 0), dtype=dtype, device=rows.device)  # [n, K]
         with torch.autocast(rows.device.type, enabled=False):
             for r0 in range(0, n, tile):
-                r = rows[r0:r0 + tile]  # [t_r, D]
+                r = _unit_tile(rows, row_norm, r0, tile, dtype) * scale  # r_i = u_i / τ, [t_r, D]
                 running = lse[r0:r0 + tile]  # view into lse, [t_r]
                 for c0 in range(0, m, tile):
-                    s = r @ cols[c0:c0 + tile].T  # [t_r, t_c]: the only similarities ever held
+                    s = r @ _unit_tile(cols, col_norm, c0, tile, dtype).T  # [t_r, t_c]: the only similarities held
+                    place = _pick_places(pick_lo, picks, r0, r.shape[0], c0, s.shape[1])
+                    if place is not None:
+                        where, inside = place
+                        picked[r0:r0 + tile] += torch.where(inside, s.gather(1, where), 0.0)
                     skip = _skip_mask(skip_lo, skip_hi, r0, r.shape[0], c0, s.shape[1])
                     if skip is not None:
                         s = s.masked_fill(skip, float("-inf"))
                     torch.logaddexp(running, torch.logsumexp(s, dim=1), out=running)
-        ctx.save_for_backward(rows, cols, lse, skip_lo, skip_hi)
-        ctx.tile = tile
-        return lse
+        ctx.save_for_backward(rows, cols, row_norm, col_norm, lse, skip_lo, skip_hi, pick_lo)
+        ctx.scale, ctx.tile, ctx.picks = scale, tile, picks
+        return lse, picked
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_lse):
-        rows, cols, lse, skip_lo, skip_hi = ctx.saved_tensors
-        tile, n, m = ctx.tile, rows.shape[0], cols.shape[0]
-        grad_rows, grad_cols = torch.zeros_like(rows), torch.zeros_like(cols)  # [n, D], [m, D]
-        grad_lse = grad_lse.to(rows.dtype)
+    def backward(ctx, grad_lse, grad_picked):
+        rows, cols, row_norm, col_norm, lse, skip_lo, skip_hi, pick_lo = ctx.saved_tensors
+        scale, tile, picks, dtype = ctx.scale, ctx.tile, ctx.picks, lse.dtype
+        n, m = rows.shape[0], cols.shape[0]
+        grad_lse, grad_picked = grad_lse.to(dtype), grad_picked.to(dtype)
+        # gradients with respect to the unit vectors first, [n, D] and [m, D]
+        grad_row_unit = torch.zeros(rows.shape, dtype=dtype, device=rows.device)
+        grad_col_unit = torch.zeros(cols.shape, dtype=dtype, device=cols.device)
         with torch.autocast(rows.device.type, enabled=False):
             for r0 in range(0, n, tile):
-                r = rows[r0:r0 + tile]  # [t_r, D]
+                r = _unit_tile(rows, row_norm, r0, tile, dtype) * scale  # [t_r, D]
                 for c0 in range(0, m, tile):
-                    c = cols[c0:c0 + tile]  # [t_c, D]
+                    c = _unit_tile(cols, col_norm, c0, tile, dtype)  # [t_c, D]
                     weight = torch.exp(r @ c.T - lse[r0:r0 + tile, None])  # P_ij, [t_r, t_c]
                     skip = _skip_mask(skip_lo, skip_hi, r0, r.shape[0], c0, c.shape[0])
                     if skip is not None:
                         weight = weight.masked_fill(skip, 0.0)
-                    weight.mul_(grad_lse[r0:r0 + tile, None])  # g_i P_ij
-                    grad_rows[r0:r0 + tile].addmm_(weight, c)
-                    grad_cols[c0:c0 + tile].addmm_(weight.T, r)
-        return grad_rows, grad_cols, None, None, None
+                    weight.mul_(grad_lse[r0:r0 + tile, None])  # ∂L/∂s_ij through lse: g_i P_ij
+                    place = _pick_places(pick_lo, picks, r0, r.shape[0], c0, c.shape[0])
+                    if place is not None:  # + ∂L/∂s_ij through the picked scores
+                        where, inside = place
+                        weight.scatter_add_(1, where, torch.where(inside, grad_picked[r0:r0 + tile], 0.0))
+                    grad_row_unit[r0:r0 + tile].addmm_(weight, c, alpha=scale)  # ∂s_ij/∂u_i = c_j / τ
+                    grad_col_unit[c0:c0 + tile].addmm_(weight.T, r)  # ∂s_ij/∂c_j = r_i
+            grad_rows = _through_normalize(grad_row_unit, rows, row_norm, tile)
+            grad_cols = _through_normalize(grad_col_unit, cols, col_norm, tile)
+        return grad_rows, grad_cols, None, None, None, None, None, None
+
+
+def _pick_places(pick_lo, picks: int, r0: int, t_r: int, c0: int, t_c: int):
+    """Where row r0+i's picked columns pick_lo_i + k fall in this tile: (column in tile [t_r, K] (clamped),
+    inside [t_r, K] bool); None when nothing is picked."""
+    if pick_lo is None:
+        return None
+    column = pick_lo[r0:r0 + t_r, None] + torch.arange(picks, device=pick_lo.device) - c0  # [t_r, K]
+    inside = (column >= 0) & (column < t_c)
+    return column.clamp(0, t_c - 1), inside
+
+
+def _unit_tile(x, norm, start: int, tile: int, dtype):
+    """Rows start..start+tile of x, normalised: [t, D]."""
+    return x[start:start + tile].to(dtype) / norm[start:start + tile, None]
+
+
+def _through_normalize(grad_unit, x, norm, tile: int):
+    """∂L/∂x from ∂L/∂u for u = x / max(‖x‖, EPS), in place and tile by tile:
+    (g − u (u·g)) / ‖x‖ where ‖x‖ > EPS, else g / EPS (the clamp is constant there)."""
+    for start in range(0, x.shape[0], tile):
+        g = grad_unit[start:start + tile]  # view, [t, D]
+        norm_t = norm[start:start + tile, None]  # [t, 1]
+        u = x[start:start + tile].to(g.dtype) / norm_t
+        radial = torch.where(norm_t > EPS, (u * g).sum(dim=1, keepdim=True), torch.zeros_like(norm_t))
+        g.sub_(u * radial).div_(norm_t)
+    return grad_unit.to(x.dtype)
 
 
 def _skip_mask(skip_lo, skip_hi, r0: int, t_r: int, c0: int, t_c: int):
@@ -95,12 +149,21 @@ def _skip_mask(skip_lo, skip_hi, r0: int, t_r: int, c0: int, t_c: int):
     return (cols >= lo) & (cols < hi)
 
 
-def tiled_log_sum_exp(rows: torch.Tensor, cols: torch.Tensor, tile: int, skip_lo: torch.Tensor | None = None,
-                      skip_hi: torch.Tensor | None = None) -> torch.Tensor:
-    """rows [n, D], cols [m, D] (same dtype) -> [n]: log Σ_{j ∉ [skip_lo_i, skip_hi_i)} e^{rows_i · cols_j},
-    never holding more than tile × tile products; differentiable in rows and cols."""
+def tiled_log_sum_exp(rows: torch.Tensor, cols: torch.Tensor, scale: float, tile: int,
+                      skip: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      pick: tuple[torch.Tensor, int] | None = None):
+    """rows [n, D], cols [m, D] raw embeddings, s_ij = scale · cos(rows_i, cols_j), never holding more than
+    tile × tile of them; differentiable in rows and cols.
+
+    skip = (lo [n], hi [n]): columns [lo_i, hi_i) are left out of row i's sum.
+    Returns lse [n] = log Σ_{j not skipped} e^{s_ij}; with pick = (lo [n], K) also the scores s_i,lo_i+k,
+    [n, K] (taken whether skipped or not): (lse, picked).
+    """
     check_tile_size(tile)
-    return _TiledLogSumExp.apply(rows, cols, skip_lo, skip_hi, tile)
+    skip_lo, skip_hi = skip if skip is not None else (None, None)
+    pick_lo, picks = pick if pick is not None else (None, 0)
+    lse, picked = _TiledLogSumExp.apply(rows, cols, scale, skip_lo, skip_hi, pick_lo, picks, tile)
+    return (lse, picked) if pick is not None else lse
 
 
 def check_tile_size(tile, batch_queries: int | None = None) -> None:
@@ -112,9 +175,10 @@ def check_tile_size(tile, batch_queries: int | None = None) -> None:
                          f"would hold the whole similarity matrix (the dense loss); lower it or leave it unset")
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised rows in fp32 (float64 stays float64), as losses/similarity.py's cos_sim uses them."""
-    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+def _local(rows: slice | None, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this process's queries [n, D] — q itself or a view, never a copy —, their indices in q [n])."""
+    idx = torch.arange(q.shape[0], device=q.device)
+    return (q, idx) if rows is None else (q[rows], idx[rows])
 
 
 class TiledInfoNCELoss(nn.Module):
@@ -129,12 +193,10 @@ class TiledInfoNCELoss(nn.Module):
 
     def forward(self, q, p, *, rows: slice | None = None, **_) -> torch.Tensor:
         group = p.shape[0] // q.shape[0]
-        idx = local_rows(rows, q.shape[0]).to(q.device)  # [n]
-        q_unit, p_unit = _unit(q), _unit(p)  # [N, D], [N*G, D]
-        r = q_unit[idx] / self.temperature  # [n, D]
-        log_z = tiled_log_sum_exp(r, p_unit, self.tile_size)  # [n]
-        positive = (r * p_unit[idx * group]).sum(dim=1)  # s(q_i, d_i⁺), [n]
-        return (log_z - positive).mean()
+        q_local, idx = _local(rows, q)  # [n, D], [n]
+        # log Σ_j e^{s(q_i, d_j)} [n] and s(q_i, d_i⁺) [n, 1] (query i's positive is passage i*G)
+        log_z, positive = tiled_log_sum_exp(q_local, p, 1 / self.temperature, self.tile_size, pick=(idx * group, 1))
+        return (log_z - positive[:, 0]).mean()
 
 
 class TiledGTELoss(nn.Module):
@@ -156,23 +218,21 @@ class TiledGTELoss(nn.Module):
         self.exclude_own_group = exclude_own_group
 
     def forward(self, q, p, *, rows: slice | None = None, **_) -> torch.Tensor:
-        n_queries, group = q.shape[0], p.shape[0] // q.shape[0]
-        idx = local_rows(rows, n_queries).to(q.device)  # [n]
+        group, scale, tile = p.shape[0] // q.shape[0], 1 / self.temperature, self.tile_size
+        q_local, idx = _local(rows, q)  # local queries [n, D], their indices among the N queries [n]
         pos_col = idx * group  # column of d_i among the passages, [n]
-        q_unit, p_unit = _unit(q), _unit(p)  # [N, D], [N*G, D]
-        q_rows = q_unit[idx] / self.temperature  # [n, D]
-        d_rows = p_unit[pos_col] / self.temperature  # positives of the local queries, [n, D]
-        blocks = [tiled_log_sum_exp(q_rows, p_unit, self.tile_size)]  # "qd", [n]
+        d_local = p[::group] if rows is None else p[::group][rows]  # their positives, a view, [n, D]
+        qd, positive = tiled_log_sum_exp(q_local, p, scale, tile, pick=(pos_col, 1))  # [n], s(q_i, d_i) [n, 1]
+        blocks = [qd]
         if "qq" in self.directions:
-            blocks.append(tiled_log_sum_exp(q_rows, q_unit, self.tile_size, idx, idx + 1))
+            blocks.append(tiled_log_sum_exp(q_local, q, scale, tile, skip=(idx, idx + 1)))
         if "dq" in self.directions:
-            blocks.append(tiled_log_sum_exp(d_rows, q_unit, self.tile_size))
+            blocks.append(tiled_log_sum_exp(d_local, q, scale, tile))
         if "dd" in self.directions:
-            skip_hi = pos_col + (group if self.exclude_own_group else 1)
-            blocks.append(tiled_log_sum_exp(d_rows, p_unit, self.tile_size, pos_col, skip_hi))
+            own_end = pos_col + (group if self.exclude_own_group else 1)
+            blocks.append(tiled_log_sum_exp(d_local, p, scale, tile, skip=(pos_col, own_end)))
         log_z = torch.logsumexp(torch.stack(blocks), dim=0)  # [n]
-        positive = (q_rows * p_unit[pos_col]).sum(dim=1)  # s(q_i, d_i), [n]
-        return (log_z - positive).mean()
+        return (log_z - positive[:, 0]).mean()
 
 
 class TiledDistillLoss(nn.Module):
@@ -196,14 +256,12 @@ class TiledDistillLoss(nn.Module):
         if self.mode == "kl":
             weighted_kd = self.kl(q, p, rows=rows, teacher_scores=teacher_scores)  # λ · KL, [n, G] scores only
         else:
-            n_queries, group = q.shape[0], p.shape[0] // q.shape[0]
-            idx = local_rows(rows, n_queries).to(q.device)  # [n]
-            cols = idx[:, None] * group + torch.arange(group, device=q.device)  # this query's group, [n, G]
-            q_unit, p_unit = _unit(q), _unit(p)  # [N, D], [N*G, D]
-            target = F.softmax(teacher_scores.to(q_unit.dtype) / self.teacher_temperature, dim=-1)  # [n, G]
-            r = q_unit[idx] / self.temperature  # [n, D]
-            log_z = tiled_log_sum_exp(r, p_unit, self.tile_size)  # [n]
-            s_group = torch.einsum("nd,ngd->ng", r, p_unit[cols])  # s(q_i, d_ig), [n, G]
+            group = p.shape[0] // q.shape[0]
+            q_local, idx = _local(rows, q)  # [n, D], [n]
+            # log Σ_j e^{s(q_i, d_j)} [n] and s(q_i, d_ig) for query i's group (passages i*G … i*G+G-1), [n, G]
+            log_z, s_group = tiled_log_sum_exp(q_local, p, 1 / self.temperature, self.tile_size,
+                                               pick=(idx * group, group))
+            target = F.softmax(teacher_scores.to(s_group.dtype) / self.teacher_temperature, dim=-1)  # [n, G]
             kd = -(target * (s_group - log_z[:, None])).sum(dim=1).mean()
             weighted_kd = self.weight * kd
         base = self.base(q, p, rows=rows) if self.base is not None else 0.0

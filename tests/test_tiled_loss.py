@@ -150,7 +150,7 @@ def test_log_sum_exp_with_a_fully_skipped_row():
     """One row whose every column is skipped: lse = -inf, and its gradient is 0, not nan (gte's "qq" with a single
     query)."""
     rows, cols = torch.randn(2, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
-    lse = tiled_log_sum_exp(rows, cols, 3, torch.tensor([0, 1]), torch.tensor([4, 2]))
+    lse = tiled_log_sum_exp(rows, cols, 1.0, 3, skip=(torch.tensor([0, 1]), torch.tensor([4, 2])))
     assert lse[0].item() == float("-inf")
     torch.logsumexp(torch.stack([lse, torch.zeros(2)]), dim=0).sum().backward()
     assert torch.isfinite(rows.grad).all() and torch.isfinite(cols.grad).all() and rows.grad[0].abs().sum() == 0

@@ -91,6 +91,8 @@ def grad_cache_step(accelerator, model, compute_loss, batch: dict, chunk: int) -
     else:
         accelerator.backward(loss)
     grads = {"query": list(q.grad.split(chunk)), "passage": list(p.grad.split(chunk))}
+    loss = loss.detach()
+    del q, p, embeddings  # the graph and the embeddings (with the tiled loss, at 65,536 pairs they are what grows)
 
     # 3. re-embed each chunk with grad, same dropout, and backprop the surrogate <g, e>
     for i, ((side, tokens), state) in enumerate(zip(pieces, states)):
@@ -110,4 +112,4 @@ def grad_cache_step(accelerator, model, compute_loss, batch: dict, chunk: int) -
                 surrogate = (embed(side, tokens).float() * g.float()).sum()
                 surrogate.backward()
     after_first_pass.restore()
-    return loss.detach()
+    return loss
