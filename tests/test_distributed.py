@@ -140,14 +140,15 @@ def ddp_bf16_run(tiny_run, tmp_path_factory):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_bf16_saves_fp32_master_weights(tiny_run, ddp_bf16_run, tmp_path, stage):
-    """DeepSpeed bf16 casts the module to bf16 (W0 is rounded once, at start) and keeps fp32 master weights in the
-    optimizer; at a small lr the bf16 module barely moves. The saved folder must hold the master weights: fp32,
+    """configs/deepspeed/zero{2,3}_bf16_lean.json: DeepSpeed bf16 casts the module to bf16 (W0 is rounded once, at
+    start) and keeps fp32 master weights in the optimizer; at a small lr the bf16 module barely moves. The saved folder must hold the master weights: fp32,
     every trained entry moved from bf16(W0), by about the update a DDP bf16-autocast run makes. Measured here:
     master weights 99.997% of entries moved, |update − DDP's update| = 4.6% of |DDP's update|; the bf16 module
     (what was saved before) bf16 dtype, 0.28% moved, 91% — it fails every check below."""
     out = str(tmp_path / "out")
-    torchrun(["train.py", *train_args(*tiny_run, out, "--deepspeed", f"configs/deepspeed/zero{stage}.json",
-                                      *BF16_SMALL_LR)])
+    res = torchrun(["train.py", *train_args(*tiny_run, out, "--deepspeed",
+                                            f"configs/deepspeed/zero{stage}_bf16_lean.json", *BF16_SMALL_LR)])
+    assert "DeepSpeed torch_autocast" not in res.stdout + res.stderr  # the lean file runs DeepSpeed's bf16 mode
     start, ddp, got = _weights(tiny_run[0]), _weights(ddp_bf16_run), _weights(out)
     with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
         assert json.load(f)["dtype"] == "float32"  # else dtype="auto" loading would round them again
@@ -166,16 +167,12 @@ def test_deepspeed_bf16_saves_fp32_master_weights(tiny_run, ddp_bf16_run, tmp_pa
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_torch_autocast_matches_ddp_bf16(tiny_run, ddp_bf16_run, tmp_path, stage):
-    """configs/deepspeed/zero2_autocast.json (stage 3: same file, stage changed): fp32 weights under the engine's
-    bf16 autocast, i.e. what DDP with --mixed-precision bf16 does. Measured: ZeRO-2 gives DDP's losses and
+    """The shipped configs/deepspeed/zero{2,3}.json (the default): fp32 weights under the engine's bf16 autocast,
+    i.e. what DDP with --mixed-precision bf16 does. Measured: ZeRO-2 gives DDP's losses and
     weights bit for bit; ZeRO-3 differs from step 3 on (loss 3.4e-5 relative, weights 8.5e-6; cause not traced).
     DeepSpeed's bf16 mode is 1.7e-3 off at step 1 already (the weights are rounded before the first forward)."""
-    with open(os.path.join(REPO, "configs", "deepspeed", "zero2_autocast.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    config["zero_optimization"]["stage"] = stage
-    (tmp_path / "ds.json").write_text(json.dumps(config))
     out = str(tmp_path / "out")
-    res = torchrun(["train.py", *train_args(*tiny_run, out, "--deepspeed", str(tmp_path / "ds.json"),
+    res = torchrun(["train.py", *train_args(*tiny_run, out, "--deepspeed", f"configs/deepspeed/zero{stage}.json",
                                            *BF16_SMALL_LR)])
     assert "DeepSpeed torch_autocast: fp32 weights" in res.stdout + res.stderr
     want, have = _weights(ddp_bf16_run), _weights(out)
@@ -212,6 +209,25 @@ def test_deepspeed_config_contradicting_the_cli_is_refused(config, message):
         resolve_deepspeed_config({"zero_optimization": {"stage": 2}, **config}, **LIMITS)
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_shipped_configs_are_exact_and_lean_ones_are_bf16_mode(stage):
+    """zero{1,2,3}.json: fp32 weights + bf16 autocast under --mixed-precision bf16; zero{1,2,3}_bf16_lean.json:
+    DeepSpeed's bf16 mode (bf16 module); both plain fp32 under --mixed-precision no."""
+    def load(name):
+        with open(os.path.join(REPO, "configs", "deepspeed", name), encoding="utf-8") as f:
+            return json.load(f)
+
+    exact, lean = load(f"zero{stage}.json"), load(f"zero{stage}_bf16_lean.json")
+    assert exact["zero_optimization"] == lean["zero_optimization"] and exact["zero_optimization"]["stage"] == stage
+    bf16 = {**LIMITS, "mixed_precision": "bf16"}
+    on = resolve_deepspeed_config(exact, **bf16)
+    assert on["torch_autocast"]["enabled"] is True and on["bf16"]["enabled"] is False
+    lean_on = resolve_deepspeed_config(lean, **bf16)
+    assert "torch_autocast" not in lean_on and lean_on["bf16"]["enabled"] == "auto"  # accelerate: True under bf16
+    off = resolve_deepspeed_config(exact, **LIMITS)
+    assert off["torch_autocast"]["enabled"] is False
+
+
 def test_deepspeed_torch_autocast_follows_mixed_precision():
     section = {"torch_autocast": {"enabled": "auto", "dtype": "auto"}, "bf16": {"enabled": "auto"}}
     on = resolve_deepspeed_config(section, **{**LIMITS, "mixed_precision": "bf16"})
@@ -224,6 +240,8 @@ def test_deepspeed_torch_autocast_follows_mixed_precision():
 @pytest.mark.parametrize("config, precision, message", [
     ({"torch_autocast": {"enabled": True}}, "no", "torch_autocast.enabled = true contradicts --mixed-precision no"),
     ({"torch_autocast": {"enabled": True}, "bf16": {"enabled": True}}, "bf16", "both on"),
+    ({"torch_autocast": {"enabled": "auto"}, "bf16": {"enabled": True}}, "bf16", "bf16.enabled and torch_autocast"),
+    ({"torch_autocast": {"enabled": "auto"}, "fp16": {"enabled": True}}, "bf16", "fp16.enabled and torch_autocast"),
     ({"torch_autocast": {"enabled": "auto", "dtype": "float16"}}, "bf16", "only bfloat16 is supported"),
     ({"torch_autocast": {"enabled": "yes"}}, "bf16", "must be true, false or"),
 ])
