@@ -15,6 +15,10 @@ process (global batch = process batch); with --loss-tile N the InfoNCE is losses
     costs included, for batches where one step takes minutes);
   - GPU only: MFU = 6·N·tokens/s + attention (12·layers·hidden·seq·tokens/s) over --peak-tflops (×4/3 with
     GradCache's extra forward not counted as useful work).
+CPU: the subprocesses run with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_, --malloc-mmap-threshold):
+with glibc's default dynamic threshold, the thousands of chunk forwards/backwards of a 65,536-pair GradCache step
+leave the freed activation blocks in a fragmented heap, and RSS grows with the number of chunks although no
+tensor does (measured: see benchmarks/README.md). 0 keeps glibc's default.
 Prints a Markdown table and writes --json.
 """
 from __future__ import annotations
@@ -138,6 +142,8 @@ def main() -> None:
                     f"(default from the GPU name: {PEAK_TFLOPS})")
     ap.add_argument("--no-uncached", action="store_true", help="skip the runs without GradCache (they may not fit)")
     ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--malloc-mmap-threshold", type=int, default=131072, help="CPU: glibc MALLOC_MMAP_THRESHOLD_ for "
+                    "the runs, in bytes (0 = glibc's dynamic default)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -162,7 +168,10 @@ def main() -> None:
                    "--steps", str(args.steps), "--threads", str(args.threads), "--loss-tile", str(args.loss_tile)]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            env = dict(os.environ)
+            if not cuda and args.malloc_mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
             line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:  # e.g. out of memory without GradCache: record it, go on
                 err = (res.stderr.strip().splitlines() or ["no output"])[-1]
@@ -176,7 +185,8 @@ def main() -> None:
     print(f"Model: {model_config(args.device).num_hidden_layers} layers, hidden {model_config(args.device).hidden_size}; "
           f"query {args.query_len} + passage {args.passage_len} tokens; "
           f"{f'tiled InfoNCE (tiles of {args.loss_tile})' if args.loss_tile else 'InfoNCE (dense)'}, AdamW; "
-          f"GradCache chunk {args.chunk}; {args.steps or 'the warm-up'} timed step(s)\n")
+          f"GradCache chunk {args.chunk}; {args.steps or 'the warm-up'} timed step(s)"
+          f"{f'; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}' if not cuda and args.malloc_mmap_threshold else ''}\n")
     mem = "peak CUDA allocated (MiB)" if cuda else "peak RSS (MiB)"
     print(f"| global batch | GradCache | {mem} | step extra (MiB) | pairs/s | tokens/s |" + (" MFU |" if cuda else ""))
     print("|---|---|---|---|---|---|" + ("---|" if cuda else ""))
