@@ -28,6 +28,7 @@ from data.groups import GroupedDataset
 from data.train_sampler import build_train_sampler
 from losses import LOSS_NAMES, build_loss, loss_temperature
 from losses.gte import DIRECTIONS
+from losses.tiled import DEFAULT_TILE, choose_tiling
 from models.bi_encoder import BiEncoder
 from models.pooling import POOLING_MODES
 from training.accelerator import build_accelerator, uses_deepspeed
@@ -95,6 +96,11 @@ class TrainConfig:
     distill_mode: str = opt("kl", "distill: kl (over the query's group) | m3 (teacher-weighted in-batch CE)")
     teacher_temperature: float = opt(1.0, "distill: τ_t in softmax(teacher_score / τ_t)")
     cross_device: bool = opt(True, "gather in-batch negatives from all processes (exact gradients)")
+    loss_tile_size: int = opt(None, "compute the in-batch loss in tiles of N × N similarities (losses/tiled.py: "
+                                    "same values and gradients, never the whole batch × batch matrix); default: "
+                                    "automatic, see --loss-tile-above")
+    loss_tile_above: int = opt(16384, f"without --loss-tile-size: tile the loss (tiles of {DEFAULT_TILE}) once the "
+                                      "global batch has more queries than this (0 = never automatically)")
     # optimisation
     batch_size: int = opt(32, "queries per process per step")
     epochs: int = opt(1, "passes over the data (ignored when --max-steps > 0)")
@@ -150,6 +156,9 @@ def main(cfg: TrainConfig) -> dict:
     if loss_temperature(loss_fn) is not None:
         log(f"loss {cfg.loss}: τ = {loss_temperature(loss_fn):g}{' (its default)' if cfg.temperature is None else ''}")
     gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
+    dense_loss, loss_fn = loss_fn, tile_loss(cfg, loss_fn, accelerator.num_processes if gather else 1)
+    if loss_fn is not dense_loss:
+        log(f"loss {cfg.loss}: tiled, {loss_fn.tile_size} × {loss_fn.tile_size} similarities at a time (losses/tiled.py)")
 
     # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)
     dataset, sampler, loader, group_size = load_data(cfg, model, loss_fn, accelerator)
@@ -298,6 +307,15 @@ def make_loss(cfg: TrainConfig, dim: int):
         raise SystemExit(f"--loss {cfg.loss}: {e}") from None
 
 
+def tile_loss(cfg: TrainConfig, loss_fn, gathered_processes: int):
+    """The tiled form of the loss when asked, or automatically above --loss-tile-above queries (losses/tiled.py)."""
+    try:
+        return choose_tiling(loss_fn, cfg.loss_tile_size, cfg.loss_tile_above,
+                             batch_queries=cfg.batch_size * gathered_processes)
+    except ValueError as e:
+        raise SystemExit(f"--loss-tile-size / --loss-tile-above (--loss {cfg.loss}): {e}") from None
+
+
 def check_options(cfg: TrainConfig) -> None:
     """Options that are wrong on their own: stop before anything loads, with one message naming the option."""
     if cfg.loss not in LOSS_NAMES:
@@ -341,7 +359,8 @@ def check_options(cfg: TrainConfig) -> None:
         raise SystemExit(f"--eval-steps {cfg.eval_steps}: evaluates --eval-sts, which is not set")
     if cfg.deepspeed:
         load_deepspeed_config(cfg.deepspeed)  # readable JSON (build_accelerator reconciles it with the flags)
-    make_loss(cfg, dim=8)  # the loss's own options (distill base / mode / group size, gte directions), stand-in dim
+    # the loss's own options (distill base / mode / group size, gte directions, tiling), on a stand-in dimension
+    tile_loss(cfg, make_loss(cfg, dim=8), int(os.environ.get("WORLD_SIZE", "1")) if cfg.cross_device else 1)
     try:
         for path in cfg.train_data:
             check_data_path(path)

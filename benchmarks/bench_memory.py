@@ -2,15 +2,23 @@
 
     python -m benchmarks.bench_memory                       # CPU: BERT-tiny-sized model, batches 256/1024/4096
     python -m benchmarks.bench_memory --device cuda         # GPU: BERT-base, bf16, batches up to 16384, + tokens/s, MFU
+    python -m benchmarks.bench_memory --batches 1024 65536 --no-uncached --loss-tile 1024 --steps 0
+                                                            # the batch ceiling with GradCache + the tiled loss
 
 Each (batch, GradCache on/off) runs in a fresh subprocess, because peak RSS (ru_maxrss) never goes down within one.
 The step is train.py's: `training.step.train_step` (InfoNCE on query/positive pairs, dropout on) + AdamW, single
-process (global batch = process batch). Reported per configuration:
+process (global batch = process batch); with --loss-tile N the InfoNCE is losses/tiled.py's, tiles of N × N
+(never the batch × batch matrix). Reported per configuration:
   - peak memory: CUDA max_memory_allocated on GPU; peak RSS of the process on CPU, and the part of it the step
     added on top of the model + optimizer + batch already in memory ("step extra");
-  - pairs/s (and tokens/s) over the timed steps after one warm-up step;
+  - pairs/s (and tokens/s) over the timed steps after one warm-up step (--steps 0: the one step, warm-up
+    costs included, for batches where one step takes minutes);
   - GPU only: MFU = 6·N·tokens/s + attention (12·layers·hidden·seq·tokens/s) over --peak-tflops (×4/3 with
     GradCache's extra forward not counted as useful work).
+CPU: the subprocesses run with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_, --malloc-mmap-threshold):
+with glibc's default dynamic threshold, the thousands of chunk forwards/backwards of a 65,536-pair GradCache step
+leave the freed activation blocks in a fragmented heap, and RSS grows with the number of chunks although no
+tensor does (measured: see benchmarks/README.md). 0 keeps glibc's default.
 Prints a Markdown table and writes --json.
 """
 from __future__ import annotations
@@ -46,6 +54,7 @@ def one_run(args) -> dict:
     from transformers import BertModel
 
     from losses import build_loss
+    from losses.tiled import tiled_form
     from models.bi_encoder import BiEncoder, EncoderSettings
     from training.step import train_step
 
@@ -57,6 +66,8 @@ def one_run(args) -> dict:
     config = model_config(args.device)
     model = BiEncoder(BertModel(config, add_pooling_layer=False), None, EncoderSettings()).to(accelerator.device)
     loss_fn = build_loss("infonce", dim=model.dim, temperature=0.02)
+    if args.loss_tile:
+        loss_fn = tiled_form(loss_fn, args.loss_tile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -80,19 +91,21 @@ def one_run(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    step()  # warm-up (allocator, AdamW state)
-    if cuda:
-        torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
+    loss = step()  # warm-up (allocator, AdamW state); the timed step itself with --steps 0
+    if args.steps:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
     loss.item()
     if cuda:
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds = (time.perf_counter() - start) / max(args.steps, 1)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tokens_per_step = args.batch * (args.query_len + args.passage_len)
-    out = {"batch": args.batch, "chunk": args.chunk, "seconds_per_step": seconds, "pairs_per_s": args.batch / seconds,
+    out = {"batch": args.batch, "chunk": args.chunk, "loss_tile": args.loss_tile, "seconds_per_step": seconds, "pairs_per_s": args.batch / seconds,
            "tokens_per_s": tokens_per_step / seconds, "peak_bytes": peak, "step_extra_bytes": peak - base}
     if cuda:
         n_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
@@ -111,12 +124,16 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="GradCache chunk in sequences (default 128 cpu, 512 cuda)")
     ap.add_argument("--query-len", type=int, default=None, help="tokens per query (default 16 cpu, 32 cuda)")
     ap.add_argument("--passage-len", type=int, default=None, help="tokens per passage (default 32 cpu, 128 cuda)")
-    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step (0: time that one step)")
+    ap.add_argument("--loss-tile", type=int, default=0, help="tiled InfoNCE (losses/tiled.py) with tiles of N × N; "
+                    "0 = the dense loss")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on CPU")
     ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak bf16 TFLOP/s for MFU "
                     f"(default from the GPU name: {PEAK_TFLOPS})")
     ap.add_argument("--no-uncached", action="store_true", help="skip the runs without GradCache (they may not fit)")
     ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--malloc-mmap-threshold", type=int, default=131072, help="CPU: glibc MALLOC_MMAP_THRESHOLD_ for "
+                    "the runs, in bytes (0 = glibc's dynamic default)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -138,10 +155,13 @@ def main() -> None:
         for chunk in ([0] if not args.no_uncached else []) + [args.chunk]:
             cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--one", "--device", args.device, "--batch",
                    str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len), "--passage-len", str(args.passage_len),
-                   "--steps", str(args.steps), "--threads", str(args.threads)]
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--loss-tile", str(args.loss_tile)]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            env = dict(os.environ)
+            if not cuda and args.malloc_mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
             line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:  # e.g. out of memory without GradCache: record it, go on
                 err = (res.stderr.strip().splitlines() or ["no output"])[-1]
@@ -153,7 +173,10 @@ def main() -> None:
     mib = 2 ** 20
     print(f"\nMachine: {describe_machine()}")
     print(f"Model: {model_config(args.device).num_hidden_layers} layers, hidden {model_config(args.device).hidden_size}; "
-          f"query {args.query_len} + passage {args.passage_len} tokens; InfoNCE, AdamW; GradCache chunk {args.chunk}\n")
+          f"query {args.query_len} + passage {args.passage_len} tokens; "
+          f"{f'tiled InfoNCE (tiles of {args.loss_tile})' if args.loss_tile else 'InfoNCE (dense)'}, AdamW; "
+          f"GradCache chunk {args.chunk}; {args.steps or 'the warm-up'} timed step(s)"
+          f"{f'; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}' if not cuda and args.malloc_mmap_threshold else ''}\n")
     mem = "peak CUDA allocated (MiB)" if cuda else "peak RSS (MiB)"
     print(f"| global batch | GradCache | {mem} | step extra (MiB) | pairs/s | tokens/s |" + (" MFU |" if cuda else ""))
     print("|---|---|---|---|---|---|" + ("---|" if cuda else ""))

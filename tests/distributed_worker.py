@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU); writes its findings as JSON.
 
-For every loss × (plain step, GradCache step), both processes run train.py's `train_step` on their half of one
+For every loss × (plain step, GradCache step) — the dense losses and their tiled forms — both processes run train.py's `train_step` on their half of one
 global batch, with cross-device negatives, under DDP (accelerate, as train.py does). Every process also runs the
 reference: the same model, not distributed, on the whole global batch in one piece. Rank 0 records the largest
 differences of the loss (mean of the two processes' losses) and of every parameter gradient (after DDP's
@@ -26,6 +26,7 @@ from accelerate import Accelerator  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from losses import build_loss  # noqa: E402
+from losses.tiled import tiled_form  # noqa: E402
 from models.bi_encoder import BiEncoder, EncoderSettings  # noqa: E402
 from training.even_steps import common_batch_count  # noqa: E402
 from training.step import train_step  # noqa: E402
@@ -36,6 +37,11 @@ CASES = {  # name -> build_loss kwargs
     "gte": dict(name="gte", temperature=0.05),
     "distill_kl": dict(name="distill", temperature=0.05, distill_base="infonce", distill_mode="kl"),
     "distill_m3": dict(name="distill", temperature=0.05, distill_base="gte", distill_mode="m3", distill_weight=0.5),
+    # tiled (losses/tiled.py), tiles of 4 over 6 gathered queries × 18 passages; reference: the dense loss
+    "infonce_tiled": dict(name="infonce", temperature=0.05, tile=4),
+    "gte_tiled": dict(name="gte", temperature=0.05, tile=4),
+    "distill_m3_tiled": dict(name="distill", temperature=0.05, distill_base="gte", distill_mode="m3",
+                             distill_weight=0.5, tile=4),
 }
 CHUNK = 4  # GradCache chunk: 3 queries -> 1 chunk, 9 passages -> 3 chunks (4, 4, 1)
 
@@ -136,9 +142,11 @@ def main(out_path: str) -> None:
     results = {"world": world, "cases": {}}
     for case, kwargs in CASES.items():
         kwargs = dict(kwargs)
-        loss_fn = build_loss(kwargs.pop("name"), dim=base.dim, **kwargs)
+        tile = kwargs.pop("tile", None)
+        dense = build_loss(kwargs.pop("name"), dim=base.dim, **kwargs)
+        loss_fn = tiled_form(dense, tile) if tile else dense
         ref_model = copy.deepcopy(base).eval()
-        ref_loss, ref_grads = reference(ref_model, loss_fn, batch)
+        ref_loss, ref_grads = reference(ref_model, dense, batch)
         for chunk in (0, CHUNK):
             loss, grads = distributed_run(accelerator, base, loss_fn, batch, chunk)
             results["cases"][f"{case}/{'grad_cache' if chunk else 'plain'}"] = max_diffs(loss, grads, ref_loss, ref_grads)

@@ -32,6 +32,25 @@ def test_deepspeed_config_contradicting_the_cli_is_refused(config, message):
         resolve_deepspeed_config({"zero_optimization": {"stage": 2}, **config}, **LIMITS)
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_shipped_configs_are_exact_and_lean_ones_are_bf16_mode(stage):
+    """zero{1,2,3}.json: fp32 weights + bf16 autocast under --mixed-precision bf16; zero{1,2,3}_bf16_lean.json:
+    DeepSpeed's bf16 mode (bf16 module); both plain fp32 under --mixed-precision no."""
+    def load(name):
+        with open(REPO / "configs" / "deepspeed" / name, encoding="utf-8") as f:
+            return json.load(f)
+
+    exact, lean = load(f"zero{stage}.json"), load(f"zero{stage}_bf16_lean.json")
+    assert exact["zero_optimization"] == lean["zero_optimization"] and exact["zero_optimization"]["stage"] == stage
+    bf16 = {**LIMITS, "mixed_precision": "bf16"}
+    on = resolve_deepspeed_config(exact, **bf16)
+    assert on["torch_autocast"]["enabled"] is True and on["bf16"]["enabled"] is False
+    lean_on = resolve_deepspeed_config(lean, **bf16)
+    assert "torch_autocast" not in lean_on and lean_on["bf16"]["enabled"] == "auto"  # accelerate: True under bf16
+    off = resolve_deepspeed_config(exact, **LIMITS)
+    assert off["torch_autocast"]["enabled"] is False
+
+
 def test_deepspeed_torch_autocast_follows_mixed_precision():
     section = {"torch_autocast": {"enabled": "auto", "dtype": "auto"}, "bf16": {"enabled": "auto"}}
     on = resolve_deepspeed_config(section, **{**LIMITS, "mixed_precision": "bf16"})
@@ -44,6 +63,8 @@ def test_deepspeed_torch_autocast_follows_mixed_precision():
 @pytest.mark.parametrize("config, precision, message", [
     ({"torch_autocast": {"enabled": True}}, "no", "torch_autocast.enabled = true contradicts --mixed-precision no"),
     ({"torch_autocast": {"enabled": True}, "bf16": {"enabled": True}}, "bf16", "both on"),
+    ({"torch_autocast": {"enabled": "auto"}, "bf16": {"enabled": True}}, "bf16", "bf16.enabled and torch_autocast"),
+    ({"torch_autocast": {"enabled": "auto"}, "fp16": {"enabled": True}}, "bf16", "fp16.enabled and torch_autocast"),
     ({"torch_autocast": {"enabled": "auto", "dtype": "float16"}}, "bf16", "only bfloat16 is supported"),
     ({"torch_autocast": {"enabled": "yes"}}, "bf16", "must be true, false or"),
 ])

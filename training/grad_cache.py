@@ -73,15 +73,23 @@ def grad_cache_step(accelerator, model, compute_loss, batch: dict, chunk: int) -
         with accelerator.autocast():
             return model(**{side: tokens})[0 if side == "query" else 1]  # [≤chunk, D]
 
-    # 1. embeddings without grad; remember each chunk's RNG state
-    states, embeddings = [], {"query": [], "passage": []}
+    # 1. embeddings without grad, written into one tensor per side (not kept as chunks and concatenated: at 65,536
+    #    pairs, thousands of small long-lived chunks fragment the CPU heap by more than the embeddings weigh);
+    #    remember each chunk's RNG state
+    states, embeddings, filled = [], {}, {"query": 0, "passage": 0}
     with torch.no_grad():
         for side, tokens in pieces:
             states.append(RngState(device))
-            embeddings[side].append(embed(side, tokens))
+            e = embed(side, tokens)  # [≤chunk, D]
+            if side not in embeddings:
+                rows = next(iter(batch[side].values())).shape[0]
+                embeddings[side] = e.new_empty((rows, e.shape[1]))  # [B, D] or [B*G, D]
+            embeddings[side][filled[side]:filled[side] + e.shape[0]] = e
+            filled[side] += e.shape[0]
+            del e
     after_first_pass = RngState(device)
-    q = torch.cat(embeddings["query"]).detach().requires_grad_()  # [B, D]
-    p = torch.cat(embeddings["passage"]).detach().requires_grad_()  # [B*G, D]
+    q = embeddings["query"].requires_grad_()  # [B, D]
+    p = embeddings["passage"].requires_grad_()  # [B*G, D]
 
     # 2. loss on all embeddings, backprop to the embeddings (and to the loss's own parameters, if any)
     loss = compute_loss(q, p)
@@ -91,6 +99,8 @@ def grad_cache_step(accelerator, model, compute_loss, batch: dict, chunk: int) -
     else:
         accelerator.backward(loss)
     grads = {"query": list(q.grad.split(chunk)), "passage": list(p.grad.split(chunk))}
+    loss = loss.detach()
+    del q, p, embeddings  # the graph and the embeddings (with the tiled loss, at 65,536 pairs they are what grows)
 
     # 3. re-embed each chunk with grad, same dropout, and backprop the surrogate <g, e>
     for i, ((side, tokens), state) in enumerate(zip(pieces, states)):
@@ -110,4 +120,4 @@ def grad_cache_step(accelerator, model, compute_loss, batch: dict, chunk: int) -
                 surrogate = (embed(side, tokens).float() * g.float()).sum()
                 surrogate.backward()
     after_first_pass.restore()
-    return loss.detach()
+    return loss
