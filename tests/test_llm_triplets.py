@@ -516,7 +516,7 @@ def test_script_bad_inputs_stop_before_any_work(tiny_encoder, tmp_path):
         (["--judge", "oracle", "--prompt-template", ""], "--prompt-template: the prompt template is empty"),
         (["--judge", "oracle", "--k", 41], "--k 41 must be between 2 and the 40 texts"),
         (["--judge", "causal-lm", "--judge-model", minilm_path()], "is not a causal language model"),
-        (["--judge", "http", "--judge-url", "localhost:1"], "expected an http:// or https:// URL"),
+        (["--judge", "http", "--judge-url", "localhost:1", "--judge-api-model", "m"], "expected an http:// or https:// URL"),
     ]
     for extra, message in cases:
         res = run_script(*common, *extra)

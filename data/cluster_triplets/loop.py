@@ -36,12 +36,30 @@ def embed_texts(model_path: str, texts: list[str], batch_size: int = 64, device:
     return emb.numpy().astype(np.float32)
 
 
-def run_once(command: list[str], done_file: Path, log_file: Path) -> bool:
+def run_once(command: list[str], done_file: Path, log_file: Path, in_process: bool = False) -> bool:
     """Run `command` (output to `log_file`) unless `done_file` records that this exact command finished.
-    Returns True when it ran. A failure stops with the log's last lines."""
+    Returns True when it ran. A failure stops with the log's last lines.
+
+    in_process: call train.py's / evaluate.py's `main` with the command's arguments in this process instead
+    (same code path, saves starting Python, torch and mteb per step; output goes to this process's stdout)."""
     if done_file.is_file() and json.loads(done_file.read_text())["command"] == command:
         return False
     done_file.unlink(missing_ok=True)
+    if in_process:
+        script, argv = Path(command[1]).stem, [str(a) for a in command[2:]]
+        if script == "train":
+            import train
+            from cli_config import parse_config
+
+            train.main(parse_config(train.TrainConfig, argv))
+        elif script == "evaluate":
+            import evaluate
+
+            evaluate.main(argv)
+        else:
+            raise ValueError(f"in_process runs train.py or evaluate.py, not {command[1]}")
+        done_file.write_text(json.dumps({"command": command}) + "\n")
+        return True
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as log:
         result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
