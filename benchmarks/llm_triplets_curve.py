@@ -55,6 +55,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run_in_process(command: list[str], log_file: Path) -> None:
+    """train.py's / evaluate.py's `main` with the command's arguments, in this process: the same code as the
+    command line without starting Python, torch and mteb again for each of the ~40 steps (output: stdout)."""
+    script, argv = Path(command[1]).stem, [str(a) for a in command[2:]]
+    if script == "train":
+        import train
+        from cli_config import parse_config
+
+        train.main(parse_config(train.TrainConfig, argv))
+    elif script == "evaluate":
+        import evaluate
+
+        evaluate.main(argv)
+    else:
+        raise ValueError(f"runs train.py or evaluate.py, not {command[1]}")
+
+
 def cached_embeddings(model: str, path: str, texts: list[str], out: Path) -> np.ndarray:
     digest = hashlib.sha256(json.dumps([str(model), texts]).encode()).hexdigest()[:16]
     file = out / f"embeddings-{digest}.npy"
@@ -84,7 +101,7 @@ def main(argv=None):
     print(f"embedded {len(data.texts)} texts in {time.time() - t0:.0f}s", flush=True)
 
     loop.run_once(loop.evaluate_command(args.model, args.eval_file, out / "eval-base"), out / "eval-base.done.json",
-                  out / "eval-base.log", in_process=True)
+                  out / "eval-base.log", run_in_process)
     results = {"settings": {**vars(args), "k": k, "train_args": list(loop.DEFAULT_TRAIN_ARGS) + shlex.split(args.train_args)},
                "base": loop.read_scores(out / "eval-base"), "runs": []}
     arms = [("entropy", a) for a in args.agreements] + [("random", a) for a in args.random_anchor_agreements]
@@ -104,9 +121,9 @@ def main(argv=None):
         write_rows(arm / "triplets.jsonl", rows)
         loop.run_once(loop.train_command(args.model, arm / "triplets.jsonl", arm / "model", seed,
                                          shlex.split(args.train_args)), arm / "train.done.json", arm / "train.log",
-                      in_process=True)
+                      run_in_process)
         loop.run_once(loop.evaluate_command(str(arm / "model"), args.eval_file, arm / "eval"),
-                      arm / "eval.done.json", arm / "eval.log", in_process=True)
+                      arm / "eval.done.json", arm / "eval.log", run_in_process)
         scores = loop.read_scores(arm / "eval")
         results["runs"].append({"anchors": rule, "agreement": agreement, "seed": seed, "rows": len(rows),
                                 "measured_agreement": report.agreement, "gold": dict(report.gold), **scores})

@@ -22,6 +22,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
+from data.cluster_triplets import chain, loop
 from data.cluster_triplets.cache import JudgementCache
 from data.cluster_triplets.causal_lm_judge import CausalLMJudge
 from data.cluster_triplets.convert import training_rows, write_rows
@@ -478,7 +479,7 @@ def test_http_judge_does_not_retry_a_client_error():
     assert len(stub.requests) == 1
 
 
-# ------------------------------------------------------------------ the script
+# ------------------------------------------------------------------ the chain (scripts/llm_triplets.py)
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny-encoder")
@@ -486,62 +487,91 @@ def tiny_encoder(tmp_path_factory) -> str:
     return str(folder)
 
 
-def run_script(*args, timeout=300):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+def run_in_process(command, log_file):
+    """train.py's / evaluate.py's main in this process (what the command line runs, without a new Python)."""
+    import evaluate
+    import train
+    from cli_config import parse_config
+
+    argv = [str(a) for a in command[2:]]
+    if command[1].endswith("train.py"):
+        train.main(parse_config(train.TrainConfig, argv))
+    else:
+        evaluate.main(argv)
+
+
+def test_run_once_runs_a_command_once_and_reports_a_failure(tmp_path):
+    ok = [sys.executable, "-c", "print('hello')"]
+    assert loop.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is True
+    assert (tmp_path / "a.log").read_text().strip() == "hello"
+    assert loop.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is False  # finished before
+    assert loop.run_once(ok + ["x"], tmp_path / "a.done.json", tmp_path / "a.log") is True  # another command
+    bad = [sys.executable, "-c", "import sys; print('went wrong'); sys.exit(3)"]
+    with pytest.raises(RuntimeError, match=r"(?s)failed \(exit 3\).*went wrong"):
+        loop.run_once(bad, tmp_path / "b.done.json", tmp_path / "b.log")
+    assert not (tmp_path / "b.done.json").exists()
 
 
 def test_script_with_the_http_judge_end_to_end_writes_training_rows(tiny_encoder, tmp_path):
     texts, labels = topic_texts()
     data = write_csv(tmp_path / "topics.csv", texts, labels)
     with Stub(lambda n, body: (200, answer_by_anchor(body), 0)) as stub:
-        res = run_script("--model", tiny_encoder, "--input", data, "--output-dir", tmp_path / "out", "--judge", "http",
-                         "--judge-url", stub.url, "--judge-api-model", "stub", "--num-triplets", 12, "--no-train")
+        args = ["--model", tiny_encoder, "--input", data, "--output-dir", tmp_path / "out", "--judge", "http",
+                "--judge-url", stub.url, "--judge-api-model", "stub", "--num-triplets", 12, "--no-train"]
+        res = subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=ENV, capture_output=True,
+                             text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         assert len(stub.requests) == 12
-        again = run_script("--model", tiny_encoder, "--input", data, "--output-dir", tmp_path / "out", "--judge",
-                           "http", "--judge-url", stub.url, "--judge-api-model", "stub", "--num-triplets", 12,
-                           "--no-train")
-        assert again.returncode == 0 and len(stub.requests) == 12  # everything came from the cache
+        again = chain.main([str(a) for a in args])  # same run again: everything from the cache
+        assert len(stub.requests) == 12 and again["from_cache"] == 12 and again["asked"] == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["from_cache"] == 12 and report["rows"] == 12 - report["unreadable"]
+    assert report["rows"] == 12 - report["unreadable"]
     assert len(load_examples([str(tmp_path / "out" / "triplets.jsonl")])[0]) == report["rows"]
 
 
-def test_script_bad_inputs_stop_before_any_work(tiny_encoder, tmp_path):
+def test_script_bad_inputs_stop_before_any_work(tiny_encoder, tmp_path, monkeypatch, capsys):
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before the inputs were checked")
+
+    monkeypatch.setattr(loop, "embed_texts", no_embedding)
     texts, labels = topic_texts()
     data = write_csv(tmp_path / "topics.csv", texts, labels)
-    common = ["--model", tiny_encoder, "--input", data, "--output-dir", tmp_path / "out", "--no-train"]
+    common = ["--model", tiny_encoder, "--input", data, "--output-dir", str(tmp_path / "out"), "--no-train"]
     cases = [
         (["--judge", "oracle", "--prompt-template", ""], "--prompt-template: the prompt template is empty"),
-        (["--judge", "oracle", "--k", 41], "--k 41 must be between 2 and the 40 texts"),
+        (["--judge", "oracle", "--k", "41"], "--k 41 must be between 2 and the 40 texts"),
         (["--judge", "causal-lm", "--judge-model", minilm_path()], "is not a causal language model"),
-        (["--judge", "http", "--judge-url", "localhost:1", "--judge-api-model", "m"], "expected an http:// or https:// URL"),
+        (["--judge", "http", "--judge-url", "localhost:1", "--judge-api-model", "m"], "expected an http:// or https://"),
+        (["--judge", "oracle", "--eval-file", str(tmp_path / "missing.csv")], "missing.csv: file not found"),
     ]
-    for extra, message in cases:
-        res = run_script(*common, *extra)
-        assert res.returncode != 0 and message in res.stderr, (extra, res.stderr[-2000:])
-        assert "embed" not in res.stdout  # stopped before the first embedding
     one = write_csv(tmp_path / "one.csv", texts, ["same"] * 40)
-    res = run_script("--model", tiny_encoder, "--input", one, "--output-dir", tmp_path / "o", "--judge", "oracle")
-    assert res.returncode != 0 and "at least 2 distinct labels" in res.stderr
+    cases.append((["--judge", "oracle", "--input", one], "clustering needs at least 2 distinct labels"))
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            chain.main(common + extra)
+        captured = capsys.readouterr()
+        assert message in f"{stop.value.code} {captured.err}", (extra, stop.value.code, captured.err[-500:])
 
 
-def test_script_chains_train_and_evaluate_with_the_causal_lm_judge(tiny_encoder, tiny_causal_lm, tmp_path):
+def test_script_chains_train_and_evaluate_with_the_causal_lm_judge(tiny_encoder, tiny_causal_lm, tmp_path, capsys):
     """The whole loop on a tiny random bi-encoder and a tiny random GPT-2 judge: plumbing, the numbers mean nothing."""
     texts, labels = topic_texts()
     data = write_csv(tmp_path / "topics.csv", texts, labels)
     out = tmp_path / "out"
-    args = ["--model", tiny_encoder, "--input", data, "--output-dir", out, "--judge", "causal-lm",
-            "--judge-model", tiny_causal_lm, "--judge-device", "cpu", "--num-triplets", 16, "--self-pairs",
+    args = ["--model", tiny_encoder, "--input", data, "--output-dir", str(out), "--judge", "causal-lm",
+            "--judge-model", tiny_causal_lm, "--judge-device", "cpu", "--num-triplets", "16", "--self-pairs",
             "--train-args", "--batch-size 4 --max-steps 2 --group-size 2"]
-    res = run_script(*args, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    report = chain.main(args, runner=run_in_process)
+    printed = capsys.readouterr().out
     for side in ("base", "tuned"):
         assert set(report[side]) == {"cluster_accuracy", "nmi", "v_measure"}
-    assert "| base |" in res.stdout and "| fine-tuned (causal-lm:" in res.stdout
+    assert report["asked"] == 16 and report["rows"] > 16 - report["unreadable"]  # + self-pairs
+    assert "| base |" in printed and "| fine-tuned (causal-lm:" in printed
     assert (out / "model" / "embedding_config.json").is_file()
-    # a rerun asks nothing and trains nothing again
-    res = run_script(*args, timeout=600)
-    assert res.returncode == 0 and json.loads((out / "report.json").read_text())["asked"] == 0
+    assert json.loads((out / "eval-tuned.done.json").read_text())["command"][1].endswith("evaluate.py")
+
+    def nothing_to_run(command, log_file):
+        raise AssertionError(f"ran again: {command[:2]}")
+
+    again = chain.main(args, runner=nothing_to_run)  # a rerun asks nothing and trains nothing
+    assert again["asked"] == 0 and again["tuned"] == report["tuned"]

@@ -11,5 +11,6 @@ The loop, one module per step:
 - `judging`  runs a judge over triplets through the on-disk `cache`, counts replies that are neither A nor B,
              reports agreement with the gold labels;
 - `convert`  judged triplets -> training JSONL (anchor as query, chosen as positive, the other as negative);
-- `loop`     the whole chain, with train.py and evaluate.py run as they are (subprocesses).
+- `loop`     embedding, train.py and evaluate.py command lines run once each (a rerun skips finished steps);
+- `chain`    the whole chain behind scripts/llm_triplets.py.
 """

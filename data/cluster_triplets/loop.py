@@ -1,8 +1,8 @@
 """The chain's outer steps: embed the texts, fine-tune with train.py, score with evaluate.py, print the table.
 
-train.py and evaluate.py run unchanged, as subprocesses of the same Python, so the fine-tune is exactly what a
-user gets from the command line (its log, checkpoints and resume), and the scores are evaluate.py's clustering
-task: mteb's V-measure plus clustering accuracy (Hungarian) and NMI of one k-means with k = number of labels.
+train.py and evaluate.py run unchanged as their command lines (subprocesses of the same Python by default), so the
+fine-tune is exactly what a user gets from the command line, and the scores are evaluate.py's clustering task:
+mteb's V-measure plus clustering accuracy (Hungarian) and NMI of one k-means with k = number of labels.
 A step whose command already finished (a `<name>.done.json` beside its output holding the same command) is not
 run again, so a rerun of an interrupted chain picks up at the first unfinished step.
 """
@@ -36,36 +36,24 @@ def embed_texts(model_path: str, texts: list[str], batch_size: int = 64, device:
     return emb.numpy().astype(np.float32)
 
 
-def run_once(command: list[str], done_file: Path, log_file: Path, in_process: bool = False) -> bool:
-    """Run `command` (output to `log_file`) unless `done_file` records that this exact command finished.
-    Returns True when it ran. A failure stops with the log's last lines.
-
-    in_process: call train.py's / evaluate.py's `main` with the command's arguments in this process instead
-    (same code path, saves starting Python, torch and mteb per step; output goes to this process's stdout)."""
-    if done_file.is_file() and json.loads(done_file.read_text())["command"] == command:
-        return False
-    done_file.unlink(missing_ok=True)
-    if in_process:
-        script, argv = Path(command[1]).stem, [str(a) for a in command[2:]]
-        if script == "train":
-            import train
-            from cli_config import parse_config
-
-            train.main(parse_config(train.TrainConfig, argv))
-        elif script == "evaluate":
-            import evaluate
-
-            evaluate.main(argv)
-        else:
-            raise ValueError(f"in_process runs train.py or evaluate.py, not {command[1]}")
-        done_file.write_text(json.dumps({"command": command}) + "\n")
-        return True
+def run_subprocess(command: list[str], log_file: Path) -> None:
+    """Run `command` from the repository root with its output in `log_file`; a failure raises with the log's end."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as log:
         result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = "\n".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
         raise RuntimeError(f"{' '.join(command[:3])} ... failed (exit {result.returncode}); log {log_file}:\n{tail}")
+
+
+def run_once(command: list[str], done_file: Path, log_file: Path, runner=run_subprocess) -> bool:
+    """Run `command` with `runner(command, log_file)` unless `done_file` records that this exact command finished.
+    Returns True when it ran. `runner` may call train.py's / evaluate.py's `main` in the caller's process instead
+    (the benchmark and the tests do; this package never imports those scripts)."""
+    if done_file.is_file() and json.loads(done_file.read_text())["command"] == command:
+        return False
+    done_file.unlink(missing_ok=True)
+    runner(command, log_file)
     done_file.write_text(json.dumps({"command": command}) + "\n")
     return True
 
