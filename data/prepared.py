@@ -189,16 +189,15 @@ def _signed(hashes: list[int]) -> list[int]:
     return [h - (1 << 64) if h >= 1 << 63 else h for h in hashes]
 
 
-def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_len: int | None = None,
-            passage_max_len: int | None = None, query_prompt: str | None = None, passage_prompt: str | None = None,
+def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_len: int = 64,
+            passage_max_len: int = 256, query_prompt: str | None = None, passage_prompt: str | None = None,
             pair_kind: str | None = None, score_max: float = 5.0, skip_bad_rows: bool = False,
             pretokenize: bool = False, num_proc: int = 1, rows_per_shard: int = 1_000_000, progress: bool = True,
             count_tokens=None, log=print) -> dict:
     """Write a prepared corpus of `inputs` (any format load_examples reads) to `output`; -> its manifest.
 
-    Lengths are those of tokenizer_path's tokenizer with its saved settings (prompts, max lengths; a model folder
-    written by train.py or sentence-transformers), overridden by the arguments given — as train.py's --model and
-    flags would set them. pair_kind: None = query/passage groups (contrastive losses), "nli" / "scored" =
+    Lengths are those of tokenizer_path's tokenizer for these max lengths (train.py's defaults) and prompts (None =
+    the model folder's saved prompts) — as train.py's --model and flags set them. pair_kind: None = query/passage groups (contrastive losses), "nli" / "scored" =
     labelled pairs (softmax / cosine loss). Rows are streamed (never all in memory, except an NLI file being turned
     into groups); the token-length pass runs in num_proc processes.
     """
@@ -235,35 +234,13 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
         shutil.rmtree(staging)
     os.makedirs(os.path.join(staging, "rows"))
     started = time.time()
-
-    # 1. stream validated rows into Arrow files (one process: parsing + validation, bounded memory)
-    report = LoadReport()
-    rows_per_source, digest, row_files = _write_rows(inputs, staging, pair_kind, score_max, skip_bad_rows, report,
-                                                     rows_per_shard, progress)
-    for i, n in enumerate(rows_per_source):
-        if n == 0:
-            raise DataError(f"{inputs[i]}: no usable rows (every row was skipped or formed no group)")
-
-    # 2. token lengths and text hashes, num_proc processes, written as the shards
-    import datasets
-
-    shard_dir = os.path.join(staging, SHARDS)
-    os.makedirs(shard_dir)
-    annotate = Annotate(tokenizer_path, settings, pretokenize, count_tokens)
-    features = _annotation_features(pretokenize)
-    for k, rows_file in enumerate(row_files):
-        part = datasets.Dataset.from_file(rows_file)
-        part.map(annotate, batched=True, batch_size=ROWS_PER_BATCH, num_proc=num_proc if num_proc > 1 else None,
-                 features=features, cache_file_name=os.path.join(shard_dir, f"shard-{k:05d}.arrow"),
-                 new_fingerprint=f"prepare-{k}-{digest}", load_from_cache_file=False,
-                 writer_batch_size=ROWS_PER_BATCH, desc=f"token lengths + hashes ({k + 1}/{len(row_files)})")
-        del part
-        os.remove(rows_file)
-    shutil.rmtree(os.path.join(staging, "rows"))
-    shards = []
-    for f in sorted(glob.glob(os.path.join(shard_dir, "*.arrow"))):
-        shards.append({"file": os.path.relpath(f, staging), "rows": len(datasets.Dataset.from_file(f)),
-                       "bytes": os.path.getsize(f)})
+    try:
+        rows_per_source, digest, shards, report = _build(inputs, tokenizer_path, staging, settings, pair_kind,
+                                                         score_max, skip_bad_rows, pretokenize, num_proc,
+                                                         rows_per_shard, progress, count_tokens)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed prepare leaves nothing (a killed one: .partial)
+        raise
 
     # 3. manifest last, then into place
     manifest = {
@@ -288,6 +265,38 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
         f"{sum(s['bytes'] for s in shards) / 2**20:.0f} MiB, {manifest['seconds']:.0f}s" +
         (f"; {sum(report.skipped.values())} rows skipped" if report.skipped else ""))
     return manifest
+
+
+def _build(inputs, tokenizer_path, staging, settings, pair_kind, score_max, skip_bad_rows, pretokenize, num_proc,
+           rows_per_shard, progress, count_tokens):
+    """Rows, then lengths and hashes, into staging/shards; -> (rows per source, digest, shard list, report)."""
+    # 1. stream validated rows into Arrow files (one process: parsing + validation, bounded memory)
+    report = LoadReport()
+    rows_per_source, digest, row_files = _write_rows(inputs, staging, pair_kind, score_max, skip_bad_rows, report,
+                                                     rows_per_shard, progress)
+    for i, n in enumerate(rows_per_source):
+        if n == 0:
+            raise DataError(f"{inputs[i]}: no usable rows (every row was skipped or formed no group)")
+
+    # 2. token lengths and text hashes, num_proc processes, written as the shards
+    import datasets
+
+    shard_dir = os.path.join(staging, SHARDS)
+    os.makedirs(shard_dir)
+    annotate = Annotate(tokenizer_path, settings, pretokenize, count_tokens)
+    features = _annotation_features(pretokenize)
+    for k, rows_file in enumerate(row_files):
+        part = datasets.Dataset.from_file(rows_file)
+        part.map(annotate, batched=True, batch_size=ROWS_PER_BATCH, num_proc=num_proc if num_proc > 1 else None,
+                 features=features, cache_file_name=os.path.join(shard_dir, f"shard-{k:05d}.arrow"),
+                 new_fingerprint=f"prepare-{k}-{digest}", load_from_cache_file=False,
+                 writer_batch_size=ROWS_PER_BATCH, desc=f"token lengths + hashes ({k + 1}/{len(row_files)})")
+        del part
+        os.remove(rows_file)
+    shutil.rmtree(os.path.join(staging, "rows"))
+    shards = [{"file": os.path.relpath(f, staging), "rows": len(datasets.Dataset.from_file(f)),
+               "bytes": os.path.getsize(f)} for f in sorted(glob.glob(os.path.join(shard_dir, "*.arrow")))]
+    return rows_per_source, digest, shards, report
 
 
 def _write_rows(inputs, staging, pair_kind, score_max, skip_bad_rows, report, rows_per_file, progress):

@@ -7,7 +7,7 @@ Inputs are anything train.py reads (BGE JSONL, pairs / triplets, NLI, scored pai
 each becomes one source of the corpus (same-source batches, --dataset-weights and --sampling-alpha count sources in
 this order). Rows are validated as train.py validates them (`file:line: field` errors; --skip-bad-rows counts them
 in the manifest), streamed, and annotated in --num-proc processes with the token lengths the length buckets need
-(for --tokenizer, with its saved prompts and max lengths unless given here — use train.py's --model and the same
+(for --tokenizer with the max lengths and prompts train.py will use — give it train.py's --model and the same
 flags) and 64-bit hashes of the texts for in-batch dedup. The folder is complete or absent: it is built beside
 the output and renamed into place, an interrupted run starts over, a failed run leaves an existing corpus as it
 was, and re-running with unchanged inputs does nothing. The format: data/prepared.py.
@@ -27,10 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", required=True, nargs="+", help="training files, datasets folders or Hub ids (sources)")
     p.add_argument("--tokenizer", required=True, help="the model folder / Hub id train.py will get as --model")
     p.add_argument("--output", required=True, help="corpus folder to write")
-    p.add_argument("--query-max-len", type=int, help="as train.py's flag (default: the model's saved setting)")
-    p.add_argument("--passage-max-len", type=int, help="as train.py's flag (default: the model's saved setting)")
-    p.add_argument("--query-prompt", help="as train.py's flag (default: the model's saved setting)")
-    p.add_argument("--passage-prompt", help="as train.py's flag (default: the model's saved setting)")
+    p.add_argument("--query-max-len", type=int, default=64, help="as train.py's flag (and its default)")
+    p.add_argument("--passage-max-len", type=int, default=256, help="as train.py's flag (and its default)")
+    p.add_argument("--query-prompt", help="as train.py's flag (default: the model's saved prompt)")
+    p.add_argument("--passage-prompt", help="as train.py's flag (default: the model's saved prompt)")
     p.add_argument("--pair-kind", choices=["nli", "scored"],
                    help="labelled pairs for --loss softmax (nli) or --loss cosine (scored); default: query/passage "
                         "groups for the contrastive losses")
