@@ -24,8 +24,9 @@ from cli_config import parse_config
 from data.bucket_sampler import check_sampler_options
 from data.collator import Collator
 from data.examples import DataError, check_data_path, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
-from data.groups import GroupedDataset
-from data.train_sampler import build_train_sampler
+from data.groups import GroupedDataset, PreparedGroupedDataset
+from data.prepared import PreparedCorpus, is_prepared, prepare_hint, read_manifest
+from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses import LOSS_NAMES, build_loss, loss_temperature
 from losses.gte import DIRECTIONS
 from losses.tiled import DEFAULT_TILE, choose_tiling
@@ -69,7 +70,8 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     attn_implementation: str = opt("sdpa", "sdpa | eager | flash_attention_2")
     # data
-    train_data: list = opt([], "training files or folders (BGE JSONL, pair/triplet JSONL/TSV, NLI TSV, scored pairs)")
+    train_data: list = opt([], "training files or folders (BGE JSONL, pair/triplet JSONL/TSV, NLI TSV, scored pairs), "
+                               "or one prepared corpus folder (scripts/prepare_data.py; memory-mapped, for big data)")
     group_size: int = opt(8, "passages per query: 1 positive + group_size-1 negatives (pair losses use 1)")
     score_max: float = opt(5.0, "scored pairs (cosine loss): label = score / score_max")
     skip_bad_rows: bool = opt(False, "skip invalid rows (counted and reported) instead of stopping")
@@ -80,7 +82,10 @@ class TrainConfig:
                                            "e.g. 32 64 128 256")
     same_dataset_batches: bool = opt(False, "draw every global batch from one --train-data file (BGE's "
                                             "same_dataset_within_batch)")
-    dataset_weights: list[float] = opt([], "sampling weight per --train-data file (needs --same-dataset-batches)")
+    dataset_weights: list[float] = opt([], "sampling weight per --train-data file or prepared source (needs "
+                                           "--same-dataset-batches)")
+    sampling_alpha: float = opt(None, "draw each batch's source with probability ∝ rows^α (GTE: 0.5; 1 = by size, "
+                                      "0 = uniform), times --dataset-weights if given (needs --same-dataset-batches)")
     dedup_batches: bool = opt(True, "keep repeated query / positive / hard-negative texts out of a global batch "
                                     "(in-batch-negative losses)")
     # loss
@@ -205,6 +210,8 @@ def main(cfg: TrainConfig) -> dict:
         epoch, first = start
         while True:
             sampler.set_epoch(epoch, first)
+            if cfg.same_dataset_batches:
+                log(sampler.describe_shares(epoch))  # realised share of each file / source this epoch
             dataset.set_epoch(epoch)
             for i, batch in enumerate(loader, first):
                 if i == batches_per_epoch:  # a process with more batches than the others stops with them
@@ -214,7 +221,7 @@ def main(cfg: TrainConfig) -> dict:
 
     window = LogWindow(accelerator, resumed["pending_losses"] if resume else [])
     # non-finite steps skipped (the same on every process), SIGTERM agreed at step boundaries: training/step_guard.py
-    guard = StepGuard(accelerator, model, cfg.max_bad_steps, cfg.output_dir, sources=lambda i: dataset.examples[i].source)
+    guard = StepGuard(accelerator, model, cfg.max_bad_steps, cfg.output_dir, sources=lambda i: dataset.example(i).source)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
     for epoch, index, batch in batches():
@@ -266,27 +273,39 @@ def main(cfg: TrainConfig) -> dict:
 
 def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
     """Rows (validated) -> groups of 1 positive + negatives -> the global-batch sampler -> DataLoader.
-    -> (dataset, sampler, loader, passages per query)."""
+    Raw files are read and tokenised here; a prepared corpus (scripts/prepare_data.py) is memory-mapped, with its
+    token lengths and text hashes read as arrays. -> (dataset, sampler, loader, passages per query)."""
     pair_kind = pair_kind_for(loss_fn.needs)  # labelled sentence pairs (softmax, cosine) or query/passage groups
     group_size = 1 if pair_kind else cfg.group_size
     if pair_kind and cfg.group_size != 1:
         accelerator.print(f"note: --loss {cfg.loss} trains on sentence pairs; --group-size {cfg.group_size} is not used")
-    s = model.settings
+    s, needs_scores = model.settings, "teacher_scores" in loss_fn.needs
+    # one global batch per step, sliced per process: length buckets, same-file batches, no duplicate texts
+    options = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index,
+                   world_size=accelerator.num_processes, length_buckets=cfg.length_buckets,
+                   num_buckets=cfg.num_buckets, boundaries=cfg.bucket_boundaries,
+                   same_dataset=cfg.same_dataset_batches, dataset_weights=cfg.dataset_weights,
+                   sampling_alpha=cfg.sampling_alpha, dedup=cfg.dedup_batches and not pair_kind)
     try:
-        examples, report = load_examples(cfg.train_data, pair_kind=pair_kind, score_max=cfg.score_max,
-                                         skip_bad_rows=cfg.skip_bad_rows)
-        dataset = GroupedDataset(examples, group_size, cfg.seed, needs_scores="teacher_scores" in loss_fn.needs)
-        # one global batch per step, sliced per process: length buckets, same-file batches, no duplicate texts
-        sampler = build_train_sampler(
-            examples, model.tokenizer, s, batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index,
-            world_size=accelerator.num_processes, length_buckets=cfg.length_buckets, num_buckets=cfg.num_buckets,
-            boundaries=cfg.bucket_boundaries, same_dataset=cfg.same_dataset_batches,
-            dataset_weights=cfg.dataset_weights, dedup=cfg.dedup_batches and not pair_kind,
-            file_names=cfg.train_data, progress=accelerator.is_main_process)
+        if is_prepared(cfg.train_data[0]):
+            corpus = PreparedCorpus(cfg.train_data[0])
+            corpus.check_settings(model.tokenizer, s, pair_kind)  # lengths of this tokenizer, prompts, max lengths
+            dataset = PreparedGroupedDataset(corpus, group_size, cfg.seed, needs_scores, label_kind=pair_kind)
+            sampler = build_prepared_sampler(corpus, **options)
+            accelerator.print(f"prepared corpus {corpus.path}: {len(corpus)} rows from "
+                              f"{len(corpus.source_names)} source(s), memory-mapped")
+        else:
+            examples, report = load_examples(cfg.train_data, pair_kind=pair_kind, score_max=cfg.score_max,
+                                             skip_bad_rows=cfg.skip_bad_rows)
+            accelerator.print(report.summary())
+            if hint := prepare_hint(len(examples), cfg.train_data):
+                accelerator.print(hint)
+            dataset = GroupedDataset(examples, group_size, cfg.seed, needs_scores=needs_scores)
+            sampler = build_train_sampler(examples, model.tokenizer, s, **options, file_names=cfg.train_data,
+                                          progress=accelerator.is_main_process)
         description = sampler.describe()  # plans epoch 0: data that cannot form a batch fails here
     except (DataError, ValueError) as e:
         raise SystemExit(f"data error: {e}") from None
-    accelerator.print(report.summary())
     accelerator.print(description)
     # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
     # that dropout uses (a resumed run starts an iterator mid-epoch).
@@ -362,10 +381,17 @@ def check_options(cfg: TrainConfig) -> None:
     # the loss's own options (distill base / mode / group size, gte directions, tiling), on a stand-in dimension
     tile_loss(cfg, make_loss(cfg, dim=8), int(os.environ.get("WORLD_SIZE", "1")) if cfg.cross_device else 1)
     try:
-        for path in cfg.train_data:
-            check_data_path(path)
-        check_sampler_options(len(cfg.train_data), cfg.dataset_weights, cfg.same_dataset_batches,
-                              cfg.bucket_boundaries)
+        num_files = len(cfg.train_data)
+        if any(is_prepared(p) for p in cfg.train_data):
+            if len(cfg.train_data) > 1:
+                raise ValueError("a prepared corpus must be the only --train-data (prepare all sources into one "
+                                 "corpus: scripts/prepare_data.py --input A B ...)")
+            num_files = len(read_manifest(cfg.train_data[0])["sources"])
+        else:
+            for path in cfg.train_data:
+                check_data_path(path)
+        check_sampler_options(num_files, cfg.dataset_weights, cfg.same_dataset_batches, cfg.bucket_boundaries,
+                              cfg.sampling_alpha)
     except ValueError as e:  # DataError included
         raise SystemExit(f"data error: {e}") from None
     for flag, path in (("--model", cfg.model), ("--from-config", cfg.from_config)):

@@ -1,7 +1,11 @@
 """The batch planner for contrastive training: length buckets, same-file batches with weights, no duplicate texts.
 
-It works on per-example inputs given as sequences — length keys, text ids, file index (data/sampler_inputs.py
-computes them from the examples; data/train_sampler.py wires it all up for train.py) — and never sees a text.
+It works on per-example inputs given as numpy arrays — length keys, text ids (64-bit hashes), file index — and
+never sees a text. They come from the examples (data/sampler_inputs.py, raw files) or are memory-mapped from a
+prepared corpus (data/prepared.py); data/train_sampler.py wires either into train.py. Both paths give the same
+arrays for the same rows, so they get the same batches. Time and memory are linear in the number of examples with
+small constants (numpy sorts and shuffles; Python work only for the few batches where duplicates meet), so it
+plans 100M+ examples; its resume state is O(1): (epoch, batch position, seed, fingerprint).
 
 Every step draws one *global* batch (batch_size × world_size examples) and gives rank r the slice
 [r·B, (r+1)·B). All ranks compute the same plan from (seed, epoch) without talking to each other, so they
@@ -9,7 +13,7 @@ agree on every global batch, see similar lengths at each step and run the same n
 
 How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
 
-1. Pools. A batch is drawn from one pool of examples: its training file when `same_file` is on (BGE's
+1. Pools. A batch is drawn from one pool of examples: its training file (source) when `same_file` is on (BGE's
    `same_dataset_within_batch`: every global batch comes from one file), else all examples form one pool.
 2. One pass over a pool. Inside a pool, examples are split into length buckets by a length key: the longest
    positive / negative in tokens (rounded up to 8), then the query's tokens (`sampler_inputs.length_keys`; BGE's
@@ -27,48 +31,115 @@ How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
    deferred (counted in `deferred`): it stays at the front of the queue and goes into the next batch of the same
    bucket (else into the mixed batches, else it sits out this epoch, counted in `left_out`). A duplicate
    positive would be a false in-batch negative; a hard negative equal to another row's query or positive would
-   be one too. Texts compare by exact string equality. Random negatives that GroupedDataset draws from the
-   corpus for rows with too few hard negatives are picked per epoch after batching and are not checked.
+   be one too. Texts compare by 64-bit hashes (`TextIds`): two different texts share a hash with probability
+   about 2⁻⁶⁴ per pair (≈ 3·10⁻⁴ for a corpus of 10⁸ distinct texts), and such a collision only defers an
+   example that did not need it — a real duplicate is never missed. Random negatives that the dataset draws
+   for rows with too few hard negatives are picked per epoch after batching and are not checked.
+   Filling is vectorised: runs of consecutive global batches with no collision are accepted whole (one sort
+   of their hashes); only a batch where texts meet is filled example by example, exactly as described.
 3. Order. Batches of a pass are shuffled, so the buckets come in random order. Without weights the epoch
-   interleaves the pools' batches in a random order, each batch once. With `file_weights`, each step's
-   file is drawn with probability w_d / Σw (a seeded generator). Either way an epoch has
-   Σ_d floor(N_d / global_batch) steps — one pass over all data's worth. A file that runs out of batches
-   within the epoch (upsampled by its weight, or short of batches because duplicates could not be placed)
-   starts a fresh pass with a new shuffle (counted in `extra_passes`); a downsampled file leaves some of its
-   batches unseen that epoch.
+   interleaves the pools' batches in a random order, each batch once. With weights, each step's file is drawn
+   with probability w_d / Σw (a seeded generator); w_d = (--dataset-weights)_d × n_d^α with --sampling-alpha α
+   (GTE: α = 0.5; α = 1 proportional to size, α = 0 uniform over files), either factor 1 when not given.
+   Either way an epoch has Σ_d floor(N_d / global_batch) steps — one pass over all data's worth. A file that
+   runs out of batches within the epoch (upsampled by its weight, or short of batches because duplicates could
+   not be placed) starts a fresh pass with a new shuffle (counted in `extra_passes`); a downsampled file leaves
+   some of its batches unseen that epoch. `file_shares(epoch)` gives each file's realised share of the epoch.
 
-Everything is seeded by strings "seed:epoch:..." (Python's string seeding is stable across processes and
-runs), so a plan is a pure function of (data, settings, seed, epoch): `state_dict()` / `load_state_dict()`
-store the epoch and the position in it, and a resumed run continues at exactly the next batch.
+Every random draw comes from a numpy generator seeded by a string "seed:epoch:..." (hashed with SHA-256), so a
+plan is a pure function of (data, settings, seed, epoch) on every machine: `state_dict()` / `load_state_dict()`
+store the epoch and the position in it, and a resumed run continues at exactly the next batch without replaying
+the batches before it.
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
-import random
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 from torch.utils.data import Sampler
 
 MIXED = -1  # `GlobalBatch.bucket` of a batch made of several buckets' leftovers
 ALL_FILES = -1  # `GlobalBatch.file` when batches are not kept to one file (the one pool is all the data)
 MAX_FRONT_DEFERRED = 1  # × global batch: deferred examples kept at the queue's front; more go to its back
+QUERY_BITS = 32  # a (passage, query) length key is passage · 2³² + query as one int64
 
 
-def quantile_boundaries(keys: Sequence, num_buckets: int) -> list:
+# ------------------------------------------------------------------------------------------ inputs
+def text_hash(text: str) -> int:
+    """64-bit hash of a text (BLAKE2b, 8 bytes, little-endian): the same in every process, run and machine."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@dataclass
+class TextIds:
+    """Per example, the 64-bit hashes of its query and positives (`keys`) and of its hard negatives (`negs`), as
+    CSR arrays: example i's keys are key_hashes[key_offsets[i]:key_offsets[i+1]]. Each example's keys are
+    distinct, and its negatives are distinct and not among its own keys (an example never collides with itself)."""
+
+    key_offsets: np.ndarray  # [N+1] int64
+    key_hashes: np.ndarray  # [K] uint64
+    neg_offsets: np.ndarray  # [N+1] int64
+    neg_hashes: np.ndarray  # [M] uint64
+
+    def __len__(self) -> int:
+        return len(self.key_offsets) - 1
+
+    @classmethod
+    def from_lists(cls, keys: Sequence[Sequence[int]], negs: Sequence[Sequence[int]]) -> "TextIds":
+        key_rows = [list(dict.fromkeys(k)) for k in keys]
+        neg_rows = []
+        for k, n in zip(key_rows, negs):
+            own = set(k)
+            neg_rows.append([t for t in dict.fromkeys(n) if t not in own])
+
+        def csr(rows):
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum([len(r) for r in rows], out=offsets[1:])
+            return offsets, np.fromiter((t for r in rows for t in r), dtype=np.uint64, count=int(offsets[-1]))
+
+        return cls(*csr(key_rows), *csr(neg_rows))
+
+    def keys(self, i: int) -> list[int]:
+        return self.key_hashes[self.key_offsets[i]:self.key_offsets[i + 1]].tolist()
+
+    def negs(self, i: int) -> list[int]:
+        return self.neg_hashes[self.neg_offsets[i]:self.neg_offsets[i + 1]].tolist()
+
+    def gather(self, items: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(position in `items`, hash) of every key / neg hash of the given examples, in order of `items`."""
+        offsets, hashes = (self.key_offsets, self.key_hashes) if which == "keys" else (self.neg_offsets, self.neg_hashes)
+        start, count = offsets[items], offsets[items + 1] - offsets[items]
+        pos = np.repeat(np.arange(len(items)), count)
+        within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        return pos, hashes[np.repeat(start, count) + within]
+
+
+def encode_length_keys(length_keys) -> tuple[np.ndarray, bool]:
+    """Length keys as one sortable int64 per example -> (keys, whether they are (passage, query) pairs).
+
+    Accepts ints (e.g. BGE's max length), (passage, query) tuples, or an [N, 2] array of them."""
+    a = np.asarray(length_keys, dtype=np.int64)
+    if a.ndim == 2:
+        if a.shape[1] != 2 or (a < 0).any() or (a[:, 1] >= 1 << QUERY_BITS).any():
+            raise ValueError("length keys must be ints or non-negative (passage, query) pairs")
+        return (a[:, 0] << QUERY_BITS) | a[:, 1], True
+    return a, False
+
+
+def quantile_boundaries(keys, num_buckets: int) -> list:
     """Inclusive upper edges of up to num_buckets buckets of about equal size along the sorted keys.
 
-    Keys are ints or tuples (compared in order); equal keys always share a bucket, so equal edges merge and a
+    Keys are ints (encoded pairs compare like tuples); equal keys always share a bucket, so equal edges merge and a
     bucket can be larger than N / num_buckets. The last bucket is open (every key above the last edge).
     """
     if num_buckets < 1:
         raise ValueError(f"number of length buckets must be ≥ 1, got {num_buckets}")
-    s = sorted(keys)
+    s = np.sort(np.asarray(keys))
     edges: list = []
     for k in range(1, num_buckets):
-        edge = s[k * len(s) // num_buckets - 1]
+        edge = s[k * len(s) // num_buckets - 1].item()
         if (not edges or edge > edges[-1]) and edge < s[-1]:
             edges.append(edge)
     return edges
@@ -84,24 +155,37 @@ def auto_num_buckets(num_examples: int, global_batch: int, most: int = 64) -> in
 
 
 def check_sampler_options(num_files: int, file_weights: Sequence[float] | None, same_file: bool,
-                          boundaries: Sequence[int] | None) -> None:
+                          boundaries: Sequence[int] | None, sampling_alpha: float | None = None) -> None:
     """Raise ValueError with what to change for inconsistent options (cheap: call it before loading a model).
 
-    Messages name train.py's options (--dataset-weights, --same-dataset-batches)."""
+    Messages name train.py's options (--dataset-weights, --same-dataset-batches, --sampling-alpha)."""
     if file_weights:
         w = [float(x) for x in file_weights]
         if len(w) != num_files:
             raise ValueError(f"{len(w)} dataset weights for {num_files} training files; give one weight per file, "
-                             "in the order of --train-data")
+                             "in the order of --train-data (a prepared corpus: in the order of its sources)")
         if any(not x >= 0 for x in w) or sum(w) <= 0:
             raise ValueError(f"dataset weights must be ≥ 0 with a positive sum, got {w}")
         if not same_file:
             raise ValueError("dataset weights choose the file of each batch, so they need same-dataset batches "
                              "(add --same-dataset-batches)")
+    if sampling_alpha is not None:
+        if not (sampling_alpha >= 0 and np.isfinite(sampling_alpha)):
+            raise ValueError(f"--sampling-alpha must be ≥ 0 (sources drawn ∝ rows^α: 1 proportional, 0 uniform, "
+                             f"GTE 0.5), got {sampling_alpha}")
+        if not same_file:
+            raise ValueError("--sampling-alpha chooses the source of each batch, so it needs same-dataset batches "
+                             "(add --same-dataset-batches)")
     if boundaries:
         b = list(boundaries)
         if any(int(x) != x or x <= 0 for x in b) or any(x >= y for x, y in zip(b, b[1:])):
             raise ValueError(f"bucket boundaries must be positive, strictly increasing token lengths, got {b}")
+
+
+def seeded(*parts) -> np.random.Generator:
+    """A numpy generator from a string seed "a:b:c" (SHA-256 of it), the same everywhere."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int.from_bytes(digest[:16], "little"))))
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -112,39 +196,61 @@ class GlobalBatch:
     bucket: int  # length bucket, or MIXED
 
 
+class _Batches(Sequence):
+    """plan.batches: GlobalBatch views of the plan's arrays, built on access (no per-batch objects kept)."""
+
+    def __init__(self, plan: "EpochPlan"):
+        self.plan = plan
+
+    def __len__(self):
+        return len(self.plan.indices)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        p = self.plan
+        return GlobalBatch(p.indices[k].tolist(), int(p.files[k]), int(p.buckets[k]))
+
+
 @dataclass
 class EpochPlan:
-    batches: list[GlobalBatch]
+    indices: np.ndarray  # [steps, global batch] example indices
+    files: np.ndarray  # [steps] file of each batch, or ALL_FILES
+    buckets: np.ndarray  # [steps] bucket of each batch, or MIXED
     deferred: int = 0  # times an example was put off to a later batch because a text was already in the batch
     left_out: int = 0  # examples in no batch of this epoch's first pass of their pool (see module docstring)
     extra_passes: int = 0  # fresh passes started because a pool ran out of batches within the epoch
     mixed: int = field(init=False)
 
     def __post_init__(self):
-        self.mixed = sum(b.bucket == MIXED for b in self.batches)
+        self.mixed = int((self.buckets == MIXED).sum())
+
+    @property
+    def batches(self) -> _Batches:
+        return _Batches(self)
 
 
 class BucketBatchSampler(Sampler[list[int]]):
     """Yields this rank's slice of each global batch; the algorithm is in the module docstring.
 
-    length_keys: per example a length key — (passage tokens rounded to 8, query tokens) from
-        `sampler_inputs.length_keys`, or any int such as BGE's max length — or None for no length buckets
-        (random batches).
+    length_keys: per example a length key — (passage tokens rounded to 8, query tokens) pairs from
+        `sampler_inputs.length_keys` (an [N, 2] array or tuples), or any int such as BGE's max length — or None
+        for no length buckets (random batches).
     boundaries: inclusive upper edges of the buckets in tokens of the key's first part, e.g. [32, 64, 128]
         (passage lengths); None = `num_buckets` buckets of about equal size (`quantile_boundaries`).
     num_buckets: 0 = `auto_num_buckets` (2+ global batches per bucket, at most 64).
-    file_index: per example, the index of its training file (`Example.file_index`); used with same_file /
-        file_weights. file_names: for messages.
-    text_ids: `sampler_inputs.text_ids(examples)` to keep duplicate texts out of a global batch; None = no check.
+    file_index: per example, the index of its training file / source; used with same_file / file_weights /
+        sampling_alpha. file_names: for messages.
+    text_ids: `TextIds` (64-bit hashes of each example's texts) to keep duplicate texts out of a global batch;
+        None = no check.
     content_digest: returns a hash of the examples' content, for the resume fingerprint (computed on first use).
     """
 
     def __init__(self, num_examples: int, batch_size: int, *, seed: int = 42, rank: int = 0, world_size: int = 1,
-                 length_keys: Sequence | None = None, boundaries: Sequence[int] | None = None, num_buckets: int = 0,
-                 file_index: Sequence[int] | None = None, same_file: bool = False,
-                 file_weights: Sequence[float] | None = None, file_names: Sequence[str] | None = None,
-                 text_ids: Sequence[tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
-                 content_digest: Callable[[], str] | None = None):
+                 length_keys=None, boundaries: Sequence[int] | None = None, num_buckets: int = 0,
+                 file_index=None, same_file: bool = False, file_weights: Sequence[float] | None = None,
+                 sampling_alpha: float | None = None, file_names: Sequence[str] | None = None,
+                 text_ids: TextIds | None = None, content_digest: Callable[[], str] | None = None):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}")
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
@@ -156,47 +262,70 @@ class BucketBatchSampler(Sampler[list[int]]):
         if num_examples < self.global_batch:
             raise ValueError(f"{num_examples} training examples are fewer than one global batch "
                              f"({batch_size} per process × {world_size} processes); lower --batch-size")
-        files = list(file_index) if file_index is not None else [0] * num_examples
-        self.num_files = max(files) + 1
+        files = (np.asarray(file_index, dtype=np.int32) if file_index is not None
+                 else np.zeros(num_examples, dtype=np.int32))
+        self.num_files = max(int(files.max()) + 1, len(file_names or []))
         self.file_names = list(file_names) if file_names else [f"file {d}" for d in range(self.num_files)]
-        check_sampler_options(len(self.file_names), file_weights, same_file, boundaries)
-        self.length_keys = list(length_keys) if length_keys is not None else None
+        check_sampler_options(len(self.file_names), file_weights, same_file, boundaries, sampling_alpha)
         self.text_ids = text_ids
-        # hash of the examples themselves (data.examples.examples_digest), computed on first use: only checkpoints
-        # need it, and on millions of rows it takes seconds
+        self.index_dtype = np.int32 if num_examples < 2 ** 31 else np.int64
+        # hash of the examples themselves (examples_digest, or a prepared corpus's manifest digest), computed on
+        # first use: only checkpoints need it, and on millions of raw rows it takes seconds
         self._content_digest, self._digest = content_digest, None
 
         # buckets
-        if self.length_keys is None:
-            self.boundaries: list[int] = []
-        elif boundaries:  # on the first part of tuple keys: (b, inf) sorts after every (b, query length)
-            tuple_keys = isinstance(self.length_keys[0], tuple)
-            self.boundaries = [(int(x), float("inf")) if tuple_keys else int(x) for x in boundaries]
+        if length_keys is None:
+            self.length_keys, self.key_pairs, self.boundaries = None, False, []
         else:
-            self.boundaries = quantile_boundaries(
-                self.length_keys, num_buckets or auto_num_buckets(num_examples, self.global_batch))
-        self.bucket_of = ([bisect.bisect_left(self.boundaries, n) for n in self.length_keys] if self.length_keys is not None
-                          else [0] * num_examples)
+            self.length_keys, self.key_pairs = encode_length_keys(length_keys)
+            if boundaries:  # on the first part of pair keys: (b, max) sorts after every (b, query length)
+                self.boundaries = [(int(x) << QUERY_BITS) | ((1 << QUERY_BITS) - 1) if self.key_pairs else int(x)
+                                   for x in boundaries]
+            else:
+                self.boundaries = quantile_boundaries(
+                    self.length_keys, num_buckets or auto_num_buckets(num_examples, self.global_batch))
+        self.bucket_of = (np.searchsorted(np.asarray(self.boundaries, dtype=np.int64), self.length_keys,
+                                          side="left").astype(np.int16)
+                          if self.length_keys is not None else np.zeros(num_examples, dtype=np.int16))
         self.num_buckets = len(self.boundaries) + 1
 
-        # pools: one per file with same-file batches, else one for all
-        self.weights = [float(x) for x in file_weights] if file_weights else None
+        # pools: one per file with same-file batches, else one for all; members sorted by (pool, bucket, index)
         self.same_file = same_file
-        pool_of = files if same_file else [0] * num_examples
-        self.pools = sorted(set(pool_of))
-        # per pool, per bucket: example indices in ascending order (shuffled per pass)
-        self._members = {p: [[] for _ in range(self.num_buckets)] for p in self.pools}
-        for i, (p, b) in enumerate(zip(pool_of, self.bucket_of)):
-            self._members[p][b].append(i)
-        self._pool_size = {p: sum(map(len, self._members[p])) for p in self.pools}
-        self._nominal = {p: self._pool_size[p] // self.global_batch for p in self.pools}
+        pool_of = files if same_file else np.zeros(num_examples, dtype=np.int32)
+        cell = pool_of.astype(np.int64) * self.num_buckets + self.bucket_of
+        self._members = np.argsort(cell, kind="stable").astype(self.index_dtype)
+        counts = np.bincount(cell, minlength=self.num_files * self.num_buckets if same_file else self.num_buckets)
+        self._cell_start = np.concatenate([[0], np.cumsum(counts)])
+        self.pool_sizes = counts.reshape(-1, self.num_buckets).sum(axis=1)  # [pools]
+        self.pools = [p for p in range(len(self.pool_sizes)) if self.pool_sizes[p] > 0]
+        self._nominal = {p: int(self.pool_sizes[p]) // self.global_batch for p in self.pools}
+
+        # weights: explicit per file, times rows^α
+        self.file_weights = [float(x) for x in file_weights] if file_weights else None
+        self.sampling_alpha = sampling_alpha
+        if self.file_weights is None and sampling_alpha is None:
+            self.weights = None
+        else:
+            w = np.asarray(self.file_weights if self.file_weights else [1.0] * self.num_files, dtype=np.float64)
+            if sampling_alpha is not None:
+                sizes = np.zeros(self.num_files)
+                sizes[:len(self.pool_sizes)] = self.pool_sizes
+                w = w * np.where(sizes > 0, sizes, 0.0) ** sampling_alpha
+            if not w.sum() > 0:
+                raise ValueError("every file has weight 0 or no rows: nothing to sample")
+            self.weights = (w / w.sum()).tolist()
         for p in self.pools:
             usable = self.weights is None or self.weights[p] > 0
             if self._nominal[p] == 0 and usable:
-                raise ValueError(f"{self.file_names[p]} has {self._pool_size[p]} examples, fewer than one global "
+                raise ValueError(f"{self.file_names[p]} has {self.pool_sizes[p]} examples, fewer than one global "
                                  f"batch ({batch_size} per process × {world_size} processes), so with same-dataset "
                                  "batches it can never form a batch; merge it with another file, lower --batch-size, "
                                  "give it weight 0, or drop --same-dataset-batches")
+        if same_file:
+            for d in range(self.num_files):
+                if self.weights is None or self.weights[d] > 0:
+                    if d >= len(self.pool_sizes) or self.pool_sizes[d] == 0:
+                        raise ValueError(f"{self.file_names[d]} has no rows")
         self.epoch, self.start_batch, self._yielded = 0, 0, 0
         self._cache: tuple[int, EpochPlan] | None = None
 
@@ -216,10 +345,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         h = hashlib.sha256()
         h.update(repr((self.num_examples, self.global_batch, self.boundaries, self.same_file, self.weights,
                        self.content_digest())).encode())
-        h.update(bytes(b % 256 for b in self.bucket_of))
-        h.update(repr(sorted(self._pool_size.items())).encode())
+        h.update(np.ascontiguousarray(self.bucket_of).tobytes())
+        h.update(repr(self.pool_sizes.tolist()).encode())
         if self.text_ids is not None:
-            h.update(repr(self.text_ids[:1000]).encode())
+            h.update(self.text_ids.key_hashes[:1000].tobytes())
+            h.update(self.text_ids.neg_hashes[:1000].tobytes())
         return h.hexdigest()[:16]
 
     def state_dict(self, batches_consumed: int | None = None) -> dict:
@@ -246,9 +376,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         plan = self.plan(self.epoch)
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         self._yielded = 0
-        for batch in plan.batches[self.start_batch:]:
+        for row in plan.indices[self.start_batch:]:
             self._yielded += 1
-            yield batch.indices[lo:hi]
+            yield row[lo:hi].tolist()
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's global batches in order (cached for the current epoch)."""
@@ -256,72 +386,177 @@ class BucketBatchSampler(Sampler[list[int]]):
             self._cache = (epoch, self._plan(epoch))
         return self._cache[1]
 
+    def file_shares(self, epoch: int) -> dict[str, float]:
+        """Realised share of each file among the epoch's batches (all files when batches mix files)."""
+        files = self.plan(epoch).files
+        if not self.same_file:
+            return {"all files": 1.0}
+        counts = np.bincount(files, minlength=self.num_files)
+        return {name: counts[d] / len(files) for d, name in enumerate(self.file_names)}
+
+    def describe_shares(self, epoch: int) -> str:
+        """Each file's realised share of the epoch's batches next to its target (weights, else its size)."""
+        nominal = np.zeros(self.num_files)
+        for p, n in self._nominal.items():
+            nominal[p] = n
+        target = self.weights if self.weights is not None else (nominal / nominal.sum()).tolist()
+        return f"epoch {epoch} batches by file: " + ", ".join(
+            f"{name} {100 * x:.2f}% (target {100 * t:.2f}%)"
+            for (name, x), t in zip(self.file_shares(epoch).items(), target))
+
     def _plan(self, epoch: int) -> EpochPlan:
-        rng = random.Random(f"{self.seed}:{epoch}:order")
+        rng = seeded(self.seed, epoch, "order")
         if self.weights is None:
-            order = [p for p in self.pools for _ in range(self._nominal[p])]
-            rng.shuffle(order)
+            order = rng.permutation(np.repeat(self.pools, [self._nominal[p] for p in self.pools]))
         else:
-            order = rng.choices(range(len(self.weights)), weights=self.weights, k=len(self))
-        streams = {p: _PoolStream(self, p, epoch) for p in sorted(set(order))}
-        batches = [streams[p].next() for p in order]
-        return EpochPlan(batches, deferred=sum(s.deferred for s in streams.values()),
-                         left_out=sum(s.left_out for s in streams.values()),
-                         extra_passes=sum(s.passes - 1 for s in streams.values()))
+            order = rng.choice(len(self.weights), size=len(self), p=self.weights)
+        indices = np.empty((len(order), self.global_batch), dtype=self.index_dtype)
+        files = np.empty(len(order), dtype=np.int32)
+        buckets = np.empty(len(order), dtype=np.int32)
+        deferred = left_out = extra = 0
+        for pool in np.unique(order).tolist():
+            steps = np.flatnonzero(order == pool)
+            got_idx, got_bucket, passes = [], [], 0
+            while sum(len(b) for b in got_bucket) < len(steps):
+                idx, bucket, d, out = self._one_pass(pool, seeded(self.seed, epoch, pool, passes))
+                if len(idx) == 0:
+                    where = self.file_names[pool] if self.same_file else "the training data"
+                    raise ValueError(f"{where}: no global batch of {self.global_batch} examples can be formed without "
+                                     "repeating a text (query / positive / hard negative); lower --batch-size or "
+                                     "turn off --dedup-batches")
+                if passes == 0:
+                    deferred, left_out = deferred + d, left_out + out
+                got_idx.append(idx)
+                got_bucket.append(bucket)
+                passes += 1
+            extra += passes - 1
+            indices[steps] = np.concatenate(got_idx)[:len(steps)]
+            buckets[steps] = np.concatenate(got_bucket)[:len(steps)]
+            files[steps] = pool if self.same_file else ALL_FILES
+        return EpochPlan(indices, files, buckets, deferred=deferred, left_out=left_out, extra_passes=extra)
 
-    def _one_pass(self, pool: int, rng: random.Random) -> tuple[list[GlobalBatch], int, int]:
-        """One shuffled pass over a pool -> (batches in random order, deferrals, examples left out)."""
-        file = pool if self.same_file else ALL_FILES
-        batches, leftovers, deferred = [], [], 0
-        for bucket, members in enumerate(self._members[pool]):
-            queue = list(members)
-            rng.shuffle(queue)
-            full, rest, d = self._fill(queue)
-            batches += [GlobalBatch(b, file, bucket) for b in full]
-            leftovers += rest
+    def _one_pass(self, pool: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """One shuffled pass over a pool -> (batches [n, gb] in random order, their buckets, deferrals, left out)."""
+        parts, labels, leftovers, deferred = [], [], [], 0
+        for bucket in range(self.num_buckets):
+            cell = pool * self.num_buckets + bucket if self.same_file else bucket
+            members = self._members[self._cell_start[cell]:self._cell_start[cell + 1]]
+            if len(members) == 0:
+                continue
+            full, rest, d = self._fill(rng.permutation(members))
+            parts.append(full)
+            labels.append(np.full(len(full), bucket, dtype=np.int32))
+            leftovers.append(rest)
             deferred += d
-        leftovers.sort(key=lambda i: self.bucket_of[i] if self.length_keys is None else self.length_keys[i])
-        mixed, left_out, d = self._fill(leftovers)
-        for b in mixed:
-            rng.shuffle(b)  # so that every rank gets a similar share of the lengths
-        batches += [GlobalBatch(b, file, MIXED if len({self.bucket_of[i] for i in b}) > 1 else self.bucket_of[b[0]])
-                    for b in mixed]
-        rng.shuffle(batches)
-        return batches, deferred + d, len(left_out)
+        rest = np.concatenate(leftovers) if leftovers else np.empty(0, dtype=self.index_dtype)
+        sort_key = self.bucket_of[rest] if self.length_keys is None else self.length_keys[rest]
+        mixed, left, d = self._fill(rest[np.argsort(sort_key, kind="stable")])
+        if len(mixed):
+            mixed = rng.permuted(mixed, axis=1)  # so that every rank gets a similar share of the lengths
+            b = self.bucket_of[mixed]
+            parts.append(mixed)
+            labels.append(np.where((b == b[:, :1]).all(axis=1), b[:, 0], MIXED).astype(np.int32))
+        if not parts:
+            return np.empty((0, self.global_batch), dtype=self.index_dtype), np.empty(0, dtype=np.int32), 0, 0
+        batches, labels = np.concatenate(parts), np.concatenate(labels)
+        order = rng.permutation(len(batches))
+        return batches[order], labels[order], deferred + d, len(left)
 
-    def _fill(self, queue: list[int]) -> tuple[list[list[int]], list[int], int]:
-        """Cut a queue into full global batches without duplicate texts -> (batches, rest, deferrals).
+    def _fill(self, queue: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Cut a queue into full global batches without duplicate texts -> (batches [n, gb], rest, deferrals).
 
         Examples that collide with the batch being filled are deferred: up to one global batch of them stays at
         the front of the queue (first in line for the next batch), more go to its back. The rest is what is left
-        when the queue cannot fill another batch.
+        when the queue cannot fill another batch. Runs of collision-free batches are taken in one step
+        (`_clean_prefix`); a batch where texts meet is filled one example at a time (`_fill_one`).
         """
-        gb, batches, deferrals = self.global_batch, [], 0
-        pending = deque(queue)
-        while len(pending) >= gb:
-            batch, front, back = [], [], []
-            keys: set[int] = set()  # query / positive ids in the batch
-            negs: set[int] = set()  # hard-negative ids in the batch
-            for _ in range(len(pending)):
-                i = pending.popleft()
-                if self.text_ids is not None:
-                    k, n = self.text_ids[i]
-                    if any(t in keys or t in negs for t in k) or any(t in keys for t in n):
-                        (front if len(front) < MAX_FRONT_DEFERRED * gb else back).append(i)
-                        continue
-                    keys.update(k)
-                    negs.update(n)
-                batch.append(i)
-                if len(batch) == gb:
-                    break
-            deferrals += len(front) + len(back)
-            pending.extendleft(reversed(front))
-            pending.extend(back)
-            if len(batch) < gb:  # scanned the whole queue: no full batch left
-                pending.extendleft(reversed(batch))
+        gb = self.global_batch
+        if self.text_ids is None:
+            n = len(queue) // gb * gb
+            return queue[:n].reshape(-1, gb), queue[n:], 0
+        out: list[np.ndarray] = []
+        deferrals, window = 0, 16
+        # pending = front + queue[pos:] + back
+        front: list[int] = []
+        back: list[int] = []
+        pos = 0
+        while len(front) + len(queue) - pos + len(back) >= gb:
+            if pos == len(queue) and back:
+                queue, pos, back = np.asarray(back, dtype=queue.dtype), 0, []
+            if not front and len(queue) - pos >= gb:
+                k = min(window, (len(queue) - pos) // gb)
+                chunks = queue[pos:pos + k * gb].reshape(k, gb)
+                clean = self._clean_prefix(chunks)
+                if clean:
+                    out.append(chunks[:clean])
+                    pos += clean * gb
+                if clean == k:
+                    window = min(window * 2, 1 << 14)
+                    continue
+                window = max(16, window // 4)
+            batch, front, pos, back, d = self._fill_one(front, queue, pos, back)
+            deferrals += d
+            if batch is None:
                 break
-            batches.append(batch)
-        return batches, list(pending), deferrals
+            out.append(np.asarray(batch, dtype=queue.dtype)[None])
+        rest = np.concatenate([np.asarray(front, dtype=queue.dtype), queue[pos:], np.asarray(back, dtype=queue.dtype)])
+        full = np.concatenate(out) if out else np.empty((0, gb), dtype=queue.dtype)
+        return full, rest, deferrals
+
+    def _clean_prefix(self, chunks: np.ndarray) -> int:
+        """How many leading rows of chunks [k, gb] the example-by-example fill would take whole (no text of one
+        example among another's keys; hard negatives may repeat among themselves)."""
+        t = self.text_ids
+        flat = chunks.reshape(-1)
+        kpos, khash = t.gather(flat, "keys")
+        npos, nhash = t.gather(flat, "negs")
+        chunk = np.concatenate([kpos, npos]) // chunks.shape[1]
+        hashes = np.concatenate([khash, nhash])
+        is_key = np.concatenate([np.ones(len(khash), np.int64), np.zeros(len(nhash), np.int64)])
+        order = np.lexsort((hashes, chunk))  # by chunk, then hash
+        chunk, hashes, is_key = chunk[order], hashes[order], is_key[order]
+        starts = np.flatnonzero(np.concatenate([[True], (chunk[1:] != chunk[:-1]) | (hashes[1:] != hashes[:-1])]))
+        keys = np.add.reduceat(is_key, starts)
+        total = np.diff(np.append(starts, len(chunk)))
+        bad = (keys >= 2) | ((keys >= 1) & (total > keys))  # two keys, or a key and another example's negative
+        return int(chunk[starts[bad]].min()) if bad.any() else len(chunks)
+
+    def _fill_one(self, front: list[int], queue: np.ndarray, pos: int, back: list[int]):
+        """Fill one batch from pending = front + queue[pos:] + back, example by example.
+        -> (batch or None when the whole queue cannot fill one, front, pos, back, deferrals)."""
+        gb, t = self.global_batch, self.text_ids
+        batch: list[int] = []
+        new_front: list[int] = []
+        new_back: list[int] = []
+        keys: set[int] = set()  # query / positive hashes in the batch
+        negs: set[int] = set()  # hard-negative hashes in the batch
+        f = b = 0  # consumed from front / back
+        q = pos
+
+        def take(i: int) -> bool:
+            k, n = t.keys(i), t.negs(i)
+            if any(x in keys or x in negs for x in k) or any(x in keys for x in n):
+                (new_front if len(new_front) < MAX_FRONT_DEFERRED * gb else new_back).append(i)
+                return False
+            keys.update(k)
+            negs.update(n)
+            batch.append(i)
+            return len(batch) == gb
+
+        full = False
+        while not full and f < len(front):
+            full = take(front[f])
+            f += 1
+        while not full and q < len(queue):
+            full = take(int(queue[q]))
+            q += 1
+        while not full and b < len(back):
+            full = take(back[b])
+            b += 1
+        deferrals = len(new_front) + len(new_back)
+        if not full:  # scanned everything: what is left is batch + deferred, in the old order
+            return None, batch + new_front + front[f:], q, back[b:] + new_back, deferrals
+        return batch, new_front + front[f:], q, back[b:] + new_back, deferrals
 
     # -------------------------------------------------------------- report
     def describe(self) -> str:
@@ -330,20 +565,20 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.length_keys is None:
             head = "random batches (no length buckets)"
         else:
-            sizes = [0] * self.num_buckets
-            for b in self.bucket_of:
-                sizes[b] += 1
-            what = "passage tokens (rounded up to 8), then query tokens" if isinstance(self.length_keys[0], tuple) else "tokens"
-            first = [e[0] if isinstance(e, tuple) else e for e in self.boundaries]
+            sizes = np.bincount(self.bucket_of, minlength=self.num_buckets)
+            what = "passage tokens (rounded up to 8), then query tokens" if self.key_pairs else "tokens"
+            first = [e >> QUERY_BITS if self.key_pairs else e for e in self.boundaries]
             head = (f"{self.num_buckets} length buckets by {what} (upper passage edges {sorted(set(first))}), "
-                    f"{min(sizes)}–{max(sizes)} examples each")
+                    f"{sizes.min()}–{sizes.max()} examples each")
         p = self.plan(self.epoch)
         parts = [f"{head}; {len(self)} global batches of {gb} per epoch"]
         if self.length_keys is not None:
             parts.append(f"{p.mixed} of them mixing bucket leftovers")
         if self.same_file:
-            w = "" if self.weights is None else " weights " + ", ".join(
-                f"{n}={x:g}" for n, x in zip(self.file_names, self.weights))
+            w = "" if self.weights is None else " shares " + ", ".join(
+                f"{n}={x:.3g}" for n, x in zip(self.file_names, self.weights))
+            if self.sampling_alpha is not None:
+                w += f" (rows^{self.sampling_alpha:g}{' × --dataset-weights' if self.file_weights else ''})"
             parts.append(f"each from one file{w}")
         parts.append(f"epoch {self.epoch}: {p.left_out} examples sit out (fewer than a global batch per "
                      f"{'file' if self.same_file else 'epoch'}, reshuffled next epoch)")
@@ -352,31 +587,3 @@ class BucketBatchSampler(Sampler[list[int]]):
         if p.extra_passes:
             parts.append(f"{p.extra_passes} extra passes over files that ran out")
         return "sampler: " + "; ".join(parts)
-
-
-class _PoolStream:
-    """Batches of one pool for one epoch: pass 0, then fresh passes (new shuffles) if the epoch needs more.
-
-    deferred / left_out count pass 0 (what the epoch's one pass over the pool put off or could not place).
-    """
-
-    def __init__(self, sampler: BucketBatchSampler, pool: int, epoch: int):
-        self.sampler, self.pool, self.epoch = sampler, pool, epoch
-        self.queue: deque[GlobalBatch] = deque()
-        self.passes, self.deferred, self.left_out = 0, 0, 0
-
-    def next(self) -> GlobalBatch:
-        if not self.queue:
-            s = self.sampler
-            rng = random.Random(f"{s.seed}:{self.epoch}:{self.pool}:{self.passes}")
-            batches, deferred, left_out = s._one_pass(self.pool, rng)
-            if not batches:
-                where = s.file_names[self.pool] if s.same_file else "the training data"
-                raise ValueError(f"{where}: no global batch of {s.global_batch} examples can be formed without "
-                                 "repeating a text (query / positive / hard negative); lower --batch-size or turn "
-                                 "off --dedup-batches")
-            if self.passes == 0:
-                self.deferred, self.left_out = deferred, left_out
-            self.passes += 1
-            self.queue.extend(batches)
-        return self.queue.popleft()

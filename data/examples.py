@@ -259,46 +259,58 @@ def pair_kind_for(needs) -> str | None:
     return found[0] if found else None
 
 
-def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
-                  skip_bad_rows: bool = False) -> tuple[list[Example], LoadReport]:
-    """Read and validate every row of every file before training starts.
+def iter_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+                  skip_bad_rows: bool = False, report: LoadReport | None = None):
+    """Validated `Example`s of every file in order, streamed (data/prepared.py reads 100M+ rows through it).
 
-    pair_kind=None (contrastive losses): rows must be groups (BGE / anchor-positive) or NLI (converted).
-    pair_kind="nli" (softmax loss) or "scored" (cosine loss): rows must be labelled pairs of that kind.
+    pair_kind=None (contrastive losses): rows must be groups (BGE / anchor-positive) or NLI (converted; an NLI file
+    is held in memory until its groups are formed). pair_kind="nli" (softmax loss) or "scored" (cosine loss): rows
+    must be labelled pairs of that kind. Skipped rows and notes go to `report`.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
-    report = LoadReport()
-    examples: list[Example] = []
+    report = report if report is not None else LoadReport()
+    order = ("group", "nli", "scored")
     for file_index, path in enumerate(paths):
-        by_kind: dict[str, list[Example]] = {"group": [], "nli": [], "scored": []}
+        kind, nli_pairs = None, []
         for n, row in iter_raw_rows(path):
             where = f"{path}:{n}"
             try:
-                kind, ex = parse_row(row, where, score_max)
+                row_kind, ex = parse_row(row, where, score_max)
             except DataError as e:
                 if not skip_bad_rows:
                     raise
                 report.skipped[str(e).split(": ", 1)[1]] += 1
                 continue
+            if kind is None:
+                kind = row_kind
+                _check_kind(path, kind, pair_kind)
+            elif row_kind != kind:
+                found = sorted({kind, row_kind}, key=order.index)
+                raise DataError(f"{path}: mixes row formats {found}; use one format per file")
             ex.file_index = file_index
-            by_kind[kind].append(ex)
             report.rows += 1
-        found = [k for k, v in by_kind.items() if v]
-        if not found:
+            if kind == "nli" and not pair_kind:
+                nli_pairs.append(ex)
+            else:
+                yield ex
+        if kind is None:
             raise DataError(f"{path}: no usable rows")
-        if len(found) > 1:
-            raise DataError(f"{path}: mixes row formats {found}; use one format per file")
-        kind = found[0]
-        if pair_kind:
-            if kind != pair_kind:
-                need = "sentence1, sentence2, gold_label" if pair_kind == "nli" else "sentence1, sentence2, score"
-                raise DataError(f"{path}: this loss trains on labelled pairs ({need}); the file holds {kind} rows")
-            examples.extend(by_kind[kind])
-        elif kind == "nli":
-            examples.extend(nli_to_groups(by_kind["nli"], report))
-        elif kind == "scored":
-            raise DataError(f"{path}: contrastive losses need query/positive data; the file holds scored pairs "
-                            "(train it with --loss cosine)")
-        else:
-            examples.extend(by_kind["group"])
-    return examples, report
+        if nli_pairs:
+            yield from nli_to_groups(nli_pairs, report)
+
+
+def _check_kind(path: str, kind: str, pair_kind: str | None) -> None:
+    if pair_kind:
+        if kind != pair_kind:
+            need = "sentence1, sentence2, gold_label" if pair_kind == "nli" else "sentence1, sentence2, score"
+            raise DataError(f"{path}: this loss trains on labelled pairs ({need}); the file holds {kind} rows")
+    elif kind == "scored":
+        raise DataError(f"{path}: contrastive losses need query/positive data; the file holds scored pairs "
+                        "(train it with --loss cosine)")
+
+
+def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+                  skip_bad_rows: bool = False) -> tuple[list[Example], LoadReport]:
+    """Read and validate every row of every file before training starts (`iter_examples`, as a list)."""
+    report = LoadReport()
+    return list(iter_examples(paths, pair_kind, score_max, skip_bad_rows, report)), report

@@ -2,6 +2,12 @@
 
 Item i of epoch e is drawn from a generator seeded by (seed, epoch, i) alone, so any item can be rebuilt
 exactly after a restart without replaying the ones before it (the resume path relies on this).
+
+`GroupedDataset` holds `Example`s (raw files); `PreparedGroupedDataset` reads rows by index from a memory-mapped
+prepared corpus (data/prepared.py), so DataLoader workers read only the rows of their batches. Both draw the
+positive and the hard negatives the same way. They differ only for rows with fewer hard negatives than the group
+needs: GroupedDataset draws the missing ones from the sorted set of every passage text in the data, which a corpus
+of 100M rows cannot hold, so PreparedGroupedDataset draws a random passage of a random row instead.
 """
 from __future__ import annotations
 
@@ -11,37 +17,23 @@ from torch.utils.data import Dataset
 
 from data.examples import DataError, Example
 
+RANDOM_NEGATIVE_TRIES = 100  # × negatives needed: draws before a prepared corpus is declared too small
 
-class GroupedDataset(Dataset):
-    """examples -> dicts {query, prompt, passages: [G texts, positive first], teacher_scores: [G] | None, label,
-    index}."""
 
-    def __init__(self, examples: list[Example], group_size: int = 8, seed: int = 42, needs_scores: bool = False):
+class _Groups(Dataset):
+    def __init__(self, group_size: int, seed: int, needs_scores: bool):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if not examples:
-            raise DataError("no training examples")
-        self.examples, self.group_size, self.seed, self.epoch = examples, group_size, seed, 0
-        self.needs_scores = needs_scores
-        if needs_scores:
-            for ex in examples:
-                if ex.pos_scores is None or (group_size > 1 and ex.neg_scores is None):
-                    raise DataError(f"{ex.source}: field 'pos_scores'/'neg_scores' missing; the distill loss "
-                                    "needs teacher scores on every row (scripts/score_with_teacher.py adds them)")
-                if len(ex.neg) < group_size - 1:
-                    raise DataError(f"{ex.source}: field 'neg' has {len(ex.neg)} scored negatives; distillation "
-                                    f"with --group-size {group_size} needs {group_size - 1} per row")
-        # Pool for random negatives when a row has too few of its own: every passage text in the data.
-        self._pool = sorted({t for ex in examples for t in ex.pos + ex.neg})
+        self.group_size, self.seed, self.epoch, self.needs_scores = group_size, seed, 0, needs_scores
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.examples)
+    def example(self, i: int) -> Example:
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict:
-        ex = self.examples[i]
+        ex = self.example(i)
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + i)
         pos_i = rng.randrange(len(ex.pos))
         passages, scores = [ex.pos[pos_i]], [ex.pos_scores[pos_i]] if ex.pos_scores else None
@@ -56,6 +48,36 @@ class GroupedDataset(Dataset):
                 "teacher_scores": scores if self.needs_scores else None, "label": ex.label, "index": i}
 
     def _random_negatives(self, rng: random.Random, ex: Example, k: int) -> list[str]:
+        raise NotImplementedError
+
+
+class GroupedDataset(_Groups):
+    """examples -> dicts {query, prompt, passages: [G texts, positive first], teacher_scores: [G] | None, label,
+    index}."""
+
+    def __init__(self, examples: list[Example], group_size: int = 8, seed: int = 42, needs_scores: bool = False):
+        super().__init__(group_size, seed, needs_scores)
+        if not examples:
+            raise DataError("no training examples")
+        self.examples = examples
+        if needs_scores:
+            for ex in examples:
+                if ex.pos_scores is None or (group_size > 1 and ex.neg_scores is None):
+                    raise DataError(f"{ex.source}: field 'pos_scores'/'neg_scores' missing; the distill loss "
+                                    "needs teacher scores on every row (scripts/score_with_teacher.py adds them)")
+                if len(ex.neg) < group_size - 1:
+                    raise DataError(f"{ex.source}: field 'neg' has {len(ex.neg)} scored negatives; distillation "
+                                    f"with --group-size {group_size} needs {group_size - 1} per row")
+        # Pool for random negatives when a row has too few of its own: every passage text in the data.
+        self._pool = sorted({t for ex in examples for t in ex.pos + ex.neg})
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def example(self, i: int) -> Example:
+        return self.examples[i]
+
+    def _random_negatives(self, rng: random.Random, ex: Example, k: int) -> list[str]:
         if k <= 0:
             return []
         banned = set(ex.pos) | set(ex.neg) | {ex.query}
@@ -68,3 +90,60 @@ class GroupedDataset(Dataset):
                 banned.add(t)
                 out.append(t)
         return out
+
+
+class PreparedGroupedDataset(_Groups):
+    """The same items from a PreparedCorpus, row by row (memory-mapped; nothing per row is held in memory).
+    With a pretokenized corpus, items also carry `query_ids` / `passage_ids` and the collator skips tokenising."""
+
+    def __init__(self, corpus, group_size: int = 8, seed: int = 42, needs_scores: bool = False,
+                 label_kind: str | None = None):
+        super().__init__(group_size, seed, needs_scores)
+        corpus.check_rows(group_size, needs_scores)
+        self.corpus, self.label_kind = corpus, label_kind
+        self.columns = [c for c in ("query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "label", "source",
+                                    "line", "query_ids", "passage_ids") if c in corpus.rows.column_names]
+        self._rows = None  # opened per process (DataLoader workers map the shards themselves)
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def _row(self, i: int) -> dict:
+        if self._rows is None:
+            self._rows = self.corpus.rows.select_columns(self.columns)
+        return self._rows[int(i)]
+
+    def example(self, i: int) -> Example:
+        r = self._row(i)
+        label = r["label"]
+        if label is not None and self.label_kind == "nli":
+            label = int(label)
+        return Example(r["query"], r["pos"], r["neg"], r["pos_scores"], r["neg_scores"], r["prompt"], label,
+                       source=f"{self.corpus.source_names[r['source']]}:{r['line']}", file_index=r["source"])
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        if self.corpus.pretokenized:
+            r, ex = self._row(i), self.example(i)
+            texts = ex.pos + ex.neg
+            item["query_ids"] = r["query_ids"]
+            item["passage_ids"] = [r["passage_ids"][texts.index(t)] if t in texts else None
+                                   for t in item["passages"]]
+        return item
+
+    def _random_negatives(self, rng: random.Random, ex: Example, k: int) -> list[str]:
+        if k <= 0:
+            return []
+        banned = set(ex.pos) | set(ex.neg) | {ex.query}
+        out: list[str] = []
+        for _ in range(RANDOM_NEGATIVE_TRIES * k):
+            other = self.example(rng.randrange(len(self)))
+            texts = other.pos + other.neg
+            t = texts[rng.randrange(len(texts))]
+            if t not in banned:
+                banned.add(t)
+                out.append(t)
+                if len(out) == k:
+                    return out
+        raise DataError(f"{ex.source}: needs {k} random negatives but {RANDOM_NEGATIVE_TRIES * k} random passages "
+                        "of the corpus were all its own texts or already drawn; the corpus has too few other passages")

@@ -2,18 +2,38 @@
 
 - length keys: (longest passage in tokens rounded up to 8, query tokens), the sort key of the length buckets;
   `shared_length_keys` splits the tokenising across the processes of a distributed run;
-- text ids: (ids of the query and positives, ids of the hard negatives), so duplicate texts can be kept out of
-  a batch by comparing ints instead of strings;
+- text ids: 64-bit hashes of the query and positives and of the hard negatives (`bucket_sampler.TextIds`), so
+  duplicate texts can be kept out of a batch by comparing ints instead of strings;
 - the file index is `Example.file_index` (position of the example's file in --train-data).
 
-The planner takes these as plain sequences, one entry per example, and never sees the texts.
+A prepared corpus (data/prepared.py) stores the same token lengths and hashes per row, computed by the same
+functions (`token_counts`, `text_hash`), so both paths feed the planner the same arrays.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from data.bucket_sampler import TextIds, text_hash
+
+
+def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
+    """Tokens of each text as the collator sees it (special tokens included, truncated to max_len)."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def passage_key(longest_passage: np.ndarray | int):
+    """The bucket key's first part: the longest passage in tokens, rounded up to the collator's multiple of 8."""
+    return -(-longest_passage // 8) * 8
+
 
 def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
-                passage_prompt: str = "", chunk: int = 1024, progress: bool = True) -> list[tuple[int, int]]:
-    """Per example (longest passage in tokens rounded up to a multiple of 8, query tokens): the bucket sort key.
+                passage_prompt: str = "", chunk: int = 1024, progress: bool = True) -> np.ndarray:
+    """Per example [longest passage in tokens rounded up to a multiple of 8, query tokens]: the bucket sort key,
+    as an [N, 2] int array.
 
     Queries and passages are padded separately, to their own longest in the batch, and a batch holds G passages
     per query, so batches are sorted by passage length first (rounded to the collator's multiple of 8: lengths
@@ -25,32 +45,24 @@ def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, q
     """
     from tqdm.auto import tqdm
 
-    def token_counts(texts: list[str], max_len: int) -> list[int]:
-        if not texts:
-            return []
-        ids = tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-        return [len(x) for x in ids]
-
-    out: list[tuple[int, int]] = []
+    out = np.zeros((len(examples), 2), dtype=np.int64)
     for start in tqdm(range(0, len(examples), chunk), desc="token lengths", unit="chunk", disable=not progress,
                       total=-(-len(examples) // chunk)):
         part = examples[start:start + chunk]
-        q = token_counts([(ex.prompt if ex.prompt is not None else query_prompt) + ex.query for ex in part],
-                         query_max_len)
-        p = token_counts([passage_prompt + t for ex in part for t in ex.pos + ex.neg], passage_max_len)
+        q = token_counts(tokenizer, [(ex.prompt if ex.prompt is not None else query_prompt) + ex.query
+                                     for ex in part], query_max_len)
+        p = token_counts(tokenizer, [passage_prompt + t for ex in part for t in ex.pos + ex.neg], passage_max_len)
         at = 0
-        for ex, q_len in zip(part, q):
+        for j, (ex, q_len) in enumerate(zip(part, q)):
             n = len(ex.pos) + len(ex.neg)
-            longest = max(p[at:at + n])
-            out.append((-(-longest // 8) * 8, q_len))
+            out[start + j] = (passage_key(max(p[at:at + n])), q_len)
             at += n
     return out
 
 
 def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
                        passage_prompt: str = "", rank: int = 0, world_size: int = 1,
-                       progress: bool = True) -> list[tuple[int, int]]:
+                       progress: bool = True) -> np.ndarray:
     """`length_keys` of all examples on every process, each process tokenising only every world_size-th example
     (then all_gather_object): start-up tokenising is split W ways instead of repeated W times. Without a process
     group of that size (one process, or ranks simulated in one process) it computes all of them here."""
@@ -63,20 +75,21 @@ def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len:
                        passage_prompt, progress=progress)
     parts: list = [None] * world_size
     dist.all_gather_object(parts, mine)
-    out: list = [None] * len(examples)
+    out = np.zeros((len(examples), 2), dtype=np.int64)
     for r, part in enumerate(parts):
         out[r::world_size] = part
     return out
 
 
-def text_ids(examples) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Per example: (ids of its query and positives, ids of its hard negatives); equal strings, equal ids.
+def row_text_hashes(query: str, pos: list[str], neg: list[str]) -> tuple[list[int], list[int]]:
+    """(hashes of the query and positives, hashes of the hard negatives that are not among them), each distinct."""
+    keys = list(dict.fromkeys([text_hash(query), *map(text_hash, pos)]))
+    own = set(keys)
+    return keys, [h for h in dict.fromkeys(map(text_hash, neg)) if h not in own]
 
-    Ids are given in order of first appearance, so they are the same in every process.
-    """
-    ids: dict[str, int] = {}
 
-    def get(t: str) -> int:
-        return ids.setdefault(t, len(ids))
-
-    return [(tuple({get(ex.query), *map(get, ex.pos)}), tuple(set(map(get, ex.neg)))) for ex in examples]
+def text_ids(examples) -> TextIds:
+    """Per example: 64-bit hashes of its query and positives, and of its hard negatives; equal strings, equal ids
+    (and, with probability ~2⁻⁶⁴ per pair, two different strings — see data/bucket_sampler.py)."""
+    rows = [row_text_hashes(ex.query, ex.pos, ex.neg) for ex in examples]
+    return TextIds.from_lists([k for k, _ in rows], [n for _, n in rows])

@@ -59,7 +59,8 @@ def sharded_length_keys_match(rank: int) -> bool:
     examples = [Example(query="q " * (i % 7 + 1), pos=["p " * (3 * i + 1)], neg=["n " * (i % 5 + 2)] * (i % 3),
                         prompt="instruct: " if i % 4 == 0 else None) for i in range(23)]
     args = (examples, tokenizer, 16, 40, "query: ", "passage: ")
-    return shared_length_keys(*args, rank=rank, world_size=2, progress=False) == length_keys(*args, progress=False)
+    return shared_length_keys(*args, rank=rank, world_size=2, progress=False).tolist() == \
+        length_keys(*args, progress=False).tolist()
 
 
 def tiny_model() -> BiEncoder:

@@ -38,6 +38,17 @@ def dropout_run(tmp_path_factory):
     return make_tiny_run_files(str(tmp_path_factory.mktemp("resume")), minilm_path(), rows=96, dropout=0.1)
 
 
+@pytest.fixture(scope="module")
+def prepared_dropout_run(dropout_run, tmp_path_factory):
+    """The same rows as a prepared corpus (scripts/prepare_data.py; train.py's default lengths)."""
+    from data.prepared import prepare
+
+    model, data = dropout_run
+    folder = str(tmp_path_factory.mktemp("prepared") / "corpus")
+    prepare([data], model, folder, progress=False, log=lambda *a: None)
+    return model, folder
+
+
 def args(run: tuple[str, str], out: str, *extra: str) -> list[str]:
     model, data = run
     return ["train.py", "--model", model, "--train-data", data, "--loss", "infonce", "--group-size", "3",
@@ -83,9 +94,17 @@ CASES = {
 }
 
 
+PREPARED_CASES = {  # the same, reading a prepared (memory-mapped) corpus
+    "prepared corpus, one process, 2 DataLoader workers": ([], ["--num-workers", "2", "--log-steps", "1"]),
+    "prepared corpus, 2 processes": (TORCHRUN, ["--log-steps", "1"]),
+}
+CASES.update(PREPARED_CASES)
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_sigkill_then_resume_equals_the_uninterrupted_run(dropout_run, tmp_path, case):
+def test_sigkill_then_resume_equals_the_uninterrupted_run(request, tmp_path, case):
     launcher, extra = CASES[case]
+    dropout_run = request.getfixturevalue("prepared_dropout_run" if case in PREPARED_CASES else "dropout_run")
     python = launcher or [sys.executable]
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
     run([*python, *args(dropout_run, whole, *extra)])

@@ -6,6 +6,7 @@ The sampler is pure computation, so ranks 0..W-1 are simulated in one process.
 import json
 import random
 
+import numpy as np
 import pytest
 
 import train
@@ -249,3 +250,51 @@ def test_bench_padding_buckets_cut_waste_3x_on_kornli(capsys):
     random_waste = rows.pop("random batches")["waste"]
     (bucketed,) = rows.values()
     assert random_waste / bucketed["waste"] >= 3.0, (random_waste, bucketed)
+
+
+# ------------------------------------------------------------------ the vectorised fill is the plain greedy fill
+def reference_fill(queue, text_sets, gb):
+    """The batch fill written plainly (the planner's previous implementation): take examples in queue order, defer
+    one whose query/positive is already in the batch as any text or whose negative is there as a query/positive
+    (up to gb deferred stay at the front, more go to the back); stop when the queue cannot fill a batch."""
+    from collections import deque
+
+    batches, deferrals, pending = [], 0, deque(queue)
+    while len(pending) >= gb:
+        batch, front, back, keys, negs = [], [], [], set(), set()
+        for _ in range(len(pending)):
+            i = pending.popleft()
+            k, n = text_sets[i]
+            if any(t in keys or t in negs for t in k) or any(t in keys for t in n):
+                (front if len(front) < gb else back).append(i)
+                continue
+            keys.update(k)
+            negs.update(n)
+            batch.append(i)
+            if len(batch) == gb:
+                break
+        deferrals += len(front) + len(back)
+        pending.extendleft(reversed(front))
+        pending.extend(back)
+        if len(batch) < gb:
+            pending.extendleft(reversed(batch))
+            break
+        batches.append(batch)
+    return batches, list(pending), deferrals
+
+
+@pytest.mark.parametrize("distinct", [5, 40, 400, 100_000])  # from every batch colliding to none
+def test_vectorised_fill_equals_the_plain_greedy_fill(distinct):
+    rnd = random.Random(distinct)
+    n, gb = 1500, 12
+    data = [Example(f"t{rnd.randrange(distinct)}", [f"t{rnd.randrange(distinct)}"],
+                    [f"t{rnd.randrange(distinct)}" for _ in range(rnd.randrange(3))]) for _ in range(n)]
+    ids = text_ids(data)
+    s = BucketBatchSampler(n, gb, text_ids=ids)
+    text_sets = [({hash(ex.query), *map(hash, ex.pos)}, set(map(hash, ex.neg))) for ex in data]
+    for seed in range(3):
+        queue = np.random.default_rng(seed).permutation(n)
+        want_batches, want_rest, want_deferrals = reference_fill(queue.tolist(), text_sets, gb)
+        batches, rest, deferrals = s._fill(queue)
+        assert batches.tolist() == want_batches and rest.tolist() == want_rest and deferrals == want_deferrals
+    assert distinct == 100_000 or want_deferrals > 0  # the collision path is exercised
