@@ -246,11 +246,12 @@ def test_a_corpus_prepared_for_other_settings_is_refused_with_the_differences(ru
                 query_max_len=16, passage_max_len=24, output_dir=str(tmp_path / "o"))
     train.main(train.TrainConfig(**args))  # precondition: the matching settings train
     with pytest.raises(SystemExit) as e:
-        train.main(train.TrainConfig(**{**args, "passage_max_len": 32, "query_prompt": "query: "}))
+        train.main(train.TrainConfig(**{**args, "passage_max_len": 32, "query_prompt": "query: ",
+                                        "output_dir": str(tmp_path / "o2")}))
     assert "--passage-max-len: 24 in the corpus, 32 in this run" in str(e.value)
     assert "--query-prompt: '' in the corpus, 'query: ' in this run" in str(e.value)
     with pytest.raises(SystemExit, match="rows: query/passage groups in the corpus, nli for this loss"):
-        train.main(train.TrainConfig(**{**args, "loss": "softmax"}))
+        train.main(train.TrainConfig(**{**args, "loss": "softmax", "output_dir": str(tmp_path / "o3")}))
     # another tokenizer: the same folder with one more token
     other = str(tmp_path / "other-tokenizer")
     tok = AutoTokenizer.from_pretrained(model)
