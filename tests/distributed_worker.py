@@ -1,4 +1,5 @@
-"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU); writes its findings as JSON.
+"""Run by tests/test_distributed.py as `torchrun --nproc_per_node 2 -m tests.distributed_worker OUT` (gloo, CPU) from the
+repository root; writes its findings as JSON.
 
 For every loss × (plain step, GradCache step) — the dense losses and their tiled forms — both processes run train.py's `train_step` on their half of one
 global batch, with cross-device negatives, under DDP (accelerate, as train.py does). Every process also runs the
@@ -14,22 +15,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from accelerate import Accelerator
+from transformers import BertConfig, BertModel
 
-from accelerate import Accelerator  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
-
-from losses import build_loss  # noqa: E402
-from losses.tiled import tiled_form  # noqa: E402
-from models.bi_encoder import BiEncoder, EncoderSettings  # noqa: E402
-from training.even_steps import common_batch_count  # noqa: E402
-from training.step import train_step  # noqa: E402
+from losses import build_loss
+from losses.tiled import tiled_form
+from models.bi_encoder import BiEncoder, EncoderSettings
+from training.even_steps import common_batch_count
+from training.step import train_step
 
 B, G, LQ, LP, VOCAB = 3, 3, 8, 12, 200  # per-process queries, group size (1 positive + 2 hard negatives)
 CASES = {  # name -> build_loss kwargs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -34,10 +33,8 @@ from data.cluster_triplets.sampling import (Triplet, closest_entropy, kmeans_clu
                                             sample_triplets, soft_assignment)
 from data.cluster_triplets.texts import read_clustering_texts
 from data.examples import DataError, load_examples
-from tests.helpers import REPO, minilm_path, tiny_bi_encoder
+from tests.helpers import REPO, minilm_path, subprocess_env, tiny_bi_encoder
 
-SCRIPT = str(REPO / "scripts" / "llm_triplets.py")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 # ------------------------------------------------------------------ constructed data
@@ -518,8 +515,8 @@ def test_script_with_the_http_judge_end_to_end_writes_training_rows(tiny_encoder
     with Stub(lambda n, body: (200, answer_by_anchor(body), 0)) as stub:
         args = ["--model", tiny_encoder, "--input", data, "--output-dir", tmp_path / "out", "--judge", "http",
                 "--judge-url", stub.url, "--judge-api-model", "stub", "--num-triplets", 12, "--no-train"]
-        res = subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=ENV, capture_output=True,
-                             text=True, timeout=600)
+        res = subprocess.run([sys.executable, "-m", "scripts.llm_triplets", *map(str, args)], cwd=REPO,
+                             env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         assert len(stub.requests) == 12
         again = chain.main([str(a) for a in args])  # same run again: everything from the cache

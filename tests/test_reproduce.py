@@ -3,19 +3,18 @@ finished runs are skipped on a rerun. Run as a subprocess (nothing imports a scr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, minilm_path, tiny_bi_encoder
+from tests.helpers import REPO, minilm_path, subprocess_env, tiny_bi_encoder
+
 
 def reproduce(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "scripts.reproduce", "--no-readme", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "scripts.reproduce", "--no-readme", *map(str, args)], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True)
 
 
 def write_grid(folder, model, rows: dict, eval_file):

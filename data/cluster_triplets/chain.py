@@ -2,7 +2,7 @@
 
 Arguments are parsed and every input checked (files, k, template, judge model or URL) before the first
 embedding; train.py and evaluate.py run as their command lines (subprocesses by default). Usage: the script's
-docstring, `python scripts/llm_triplets.py --help`.
+docstring, `python -m scripts.llm_triplets --help`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ JUDGES = ("oracle", "noisy-oracle", "causal-lm", "http", "embedding")
 
 
 def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/llm_triplets.py", description=description or __doc__,
+    p = argparse.ArgumentParser(prog="python -m scripts.llm_triplets", description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="bi-encoder to fine-tune (folder or Hub id)")
     p.add_argument("--input", required=True, help="clustering file the triplets come from (.csv/.tsv/.jsonl: text, label)")
