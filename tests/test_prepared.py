@@ -192,10 +192,15 @@ def test_bad_rows_are_named_like_train_py_names_them_and_skipped_rows_are_counte
 def test_a_source_with_zero_rows_is_refused(run, tmp_path):
     model, inputs, _ = run
     all_bad = write_jsonl(tmp_path / "all_bad.jsonl", [{"query": "q", "pos": []}])
+    no_groups = write_jsonl(tmp_path / "nli.jsonl", [  # valid NLI rows, but no premise has an entailment
+        {"sentence1": "a man sleeps", "sentence2": "a man runs", "gold_label": "contradiction"},
+        {"sentence1": "a dog barks", "sentence2": "an animal is loud", "gold_label": "neutral"}])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="all_bad.jsonl: no usable rows"):
         prepare([inputs[0], all_bad], model, str(tmp_path / "c"), skip_bad_rows=True, **QUIET)
+    with pytest.raises(DataError, match="nli.jsonl: no usable rows \\(every row was skipped or formed no group\\)"):
+        prepare([inputs[0], no_groups], model, str(tmp_path / "c"), **QUIET)
     with pytest.raises(DataError, match="empty.jsonl: file is empty"):
         prepare([inputs[0], str(empty)], model, str(tmp_path / "c"), **QUIET)
     prepare([inputs[0]], model, str(tmp_path / "c"), **QUIET)  # precondition: the good source alone works
