@@ -69,8 +69,8 @@ def resolve_deepspeed_config(config: dict, *, batch_size: int, gradient_accumula
                                  f"{dtype}.enabled to \"auto\" (torch_autocast keeps the weights fp32)")
             config[dtype] = {**config.get(dtype, {}), "enabled": False}
     else:
-        if "torch_autocast" in config:
-            config["torch_autocast"] = {**config["torch_autocast"], "enabled": False}
+        if "torch_autocast" in config:  # off; its dtype filled too, or accelerate refuses the leftover "auto"
+            config["torch_autocast"] = {**config["torch_autocast"], "enabled": False, "dtype": "bfloat16"}
         for dtype in ("bf16", "fp16"):
             enabled = config.get(dtype, {}).get("enabled", "auto")
             if enabled != "auto" and bool(enabled) != (mixed_precision == dtype):
