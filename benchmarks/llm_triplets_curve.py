@@ -172,15 +172,17 @@ def write_report(results: dict, prefix: Path) -> None:
         ax.errorbar(x, [line[key][0] for line in ent], yerr=[line[key][1] for line in ent], marker="o", capsize=3,
                     label="entropy anchors, noisy oracle")
         for line in (line for line in lines if line["anchors"] == "random"):
-            ax.errorbar([100 * line["agreement"]], [line[key][0]], yerr=[line[key][1]], marker="s", capsize=3,
-                        linestyle="none", color="tab:orange", label="random anchors")
+            ax.errorbar([100 * line["agreement"] + 1], [line[key][0]], yerr=[line[key][1]], marker="s", capsize=3,
+                        linestyle="none", color="tab:orange",
+                        label=f"random anchors, {100 * line['agreement']:.0f}% (drawn beside it)")
         ax.axhline(100 * base[key], color="gray", linestyle="--", label="base model")
         ax.set_xlabel("judge agreement with gold labels (%)")
         ax.set_ylabel(f"{label} (%)")
         ax.invert_xaxis()
     axes[0].legend(fontsize=8)
     s = results["settings"]
-    fig.suptitle(f"{Path(s['model']).name} on {Path(s['eval_file']).parent.name}: {s['num_triplets']} triplets, "
+    model = Path(s["model"])
+    fig.suptitle(f"{model.parent.name if model.name == 'model' else model.name} on {Path(s['eval_file']).parent.name}: {s['num_triplets']} triplets, "
                  f"mean ± std over {len(s['seeds'])} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(prefix.with_suffix(".png"), dpi=120)
