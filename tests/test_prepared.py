@@ -285,3 +285,23 @@ def test_prepare_cli(run, tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "q"}])
     with pytest.raises(SystemExit, match="data error: .*bad.jsonl:1: field 'pos' is missing"):
         prepare_data.main(["--input", bad, "--tokenizer", model, "--output", str(tmp_path / "d")])
+
+
+def test_a_datasets_folder_is_a_source_like_a_file(run, tmp_path):
+    import datasets
+
+    model, inputs, _ = run
+    examples, _ = load_examples([inputs[1]])
+    folder = str(tmp_path / "ds")
+    datasets.Dataset.from_list([{"query": ex.query, "pos": ex.pos, "neg": ex.neg} for ex in examples]).save_to_disk(folder)
+    a = prepare([inputs[1]], model, str(tmp_path / "a"), **QUIET)
+    b = prepare([folder], model, str(tmp_path / "b"), **QUIET)
+    assert a["content_digest"] == b["content_digest"] and a["rows"] == b["rows"] == 80
+
+
+def test_train_py_says_when_preparing_would_pay():
+    from data.prepared import PREPARE_HINT_ROWS, prepare_hint
+
+    assert prepare_hint(PREPARE_HINT_ROWS - 1, ["a.jsonl"]) is None
+    hint = prepare_hint(PREPARE_HINT_ROWS, ["a.jsonl", "b.tsv"])
+    assert "python -m scripts.prepare_data --input a.jsonl b.tsv" in hint and "--train-data DIR" in hint
