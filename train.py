@@ -33,7 +33,8 @@ from losses.tiled import DEFAULT_TILE, choose_tiling
 from models.bi_encoder import BiEncoder
 from models.pooling import POOLING_MODES
 from training.accelerator import build_accelerator, uses_deepspeed
-from training.checkpoint import check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model
+from training.checkpoint import (check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model,
+                                 write_run_record)
 from training.deepspeed_config import load_deepspeed_config
 from training.even_steps import common_batch_count
 from training.log_window import LogWindow
@@ -146,24 +147,13 @@ def main(cfg: TrainConfig) -> dict:
     accelerator, precision = build_accelerator(cfg)
     set_seed(cfg.seed)
     is_main, log = accelerator.is_main_process, accelerator.print
-    resume = find_checkpoint(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
-    if resume:  # same settings or stop now, before loading anything
-        resumed = read_trainer_state(resume)
-        check_same_run(resumed["config"], json.loads(json.dumps(asdict(cfg))), resume)
-    elif cfg.resume_from_checkpoint:
-        log(f"--resume-from-checkpoint latest: no checkpoint in {cfg.output_dir} yet, starting at step 0")
+    resume, resumed = find_resume(cfg, log)  # a checkpoint of this same run, or stop now before loading anything
     if is_main:
         claim_output_dir(cfg.output_dir, asdict(cfg), overwrite=cfg.overwrite_output_dir and not resume)
 
     # ------------------------------------------------------------------ model and loss
     model = load_model(cfg)
-    loss_fn = make_loss(cfg, model.dim)
-    if loss_temperature(loss_fn) is not None:
-        log(f"loss {cfg.loss}: τ = {loss_temperature(loss_fn):g}{' (its default)' if cfg.temperature is None else ''}")
-    gather = loss_fn.in_batch and cfg.cross_device and accelerator.num_processes > 1
-    dense_loss, loss_fn = loss_fn, tile_loss(cfg, loss_fn, accelerator.num_processes if gather else 1)
-    if loss_fn is not dense_loss:
-        log(f"loss {cfg.loss}: tiled, {loss_fn.tile_size} × {loss_fn.tile_size} similarities at a time (losses/tiled.py)")
+    loss_fn, gather = make_loss(cfg, model.dim, accelerator.num_processes, log)  # gather: negatives of all processes
 
     # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)
     dataset, sampler, loader, group_size = load_data(cfg, model, loss_fn, accelerator)
@@ -193,38 +183,16 @@ def main(cfg: TrainConfig) -> dict:
 
     # ------------------------------------------------------------------ resume
     step, best, history, start = 0, -math.inf, [], (0, 0)  # start: (epoch, batch) of the first micro-batch
-    if resume:
-        accelerator.load_state(os.path.join(resume, "state"))  # weights, optimizer, schedule, RNG of every process
-        try:
-            sampler.load_state_dict(resumed["sampler"])  # refuses other data / buckets / global batch
-        except ValueError as e:
-            raise SystemExit(f"--resume-from-checkpoint {resume}: {e}") from None
-        step, history = resumed["step"], resumed["history"]
-        best = -math.inf if resumed["best"] is None else resumed["best"]
-        start = (sampler.epoch, sampler.start_batch) if sampler.start_batch < batches_per_epoch else (sampler.epoch + 1, 0)
-        log(f"resumed from {resume}: step {step}, epoch {start[0]}, batch {start[1]}")
+    if resume:  # weights, optimizer, schedule, RNG of every process, and the sampler's place
+        step, best, history, start = restore(accelerator, sampler, resume, resumed, batches_per_epoch)
 
     # ------------------------------------------------------------------ loop
-    def batches():
-        """(epoch, batch index, micro-batch) forever from `start`; the sampler and negatives reshuffle each epoch."""
-        epoch, first = start
-        while True:
-            sampler.set_epoch(epoch, first)
-            if cfg.same_dataset_batches:
-                log(sampler.describe_shares(epoch))  # realised share of each file / source this epoch
-            dataset.set_epoch(epoch)
-            for i, batch in enumerate(loader, first):
-                if i == batches_per_epoch:  # a process with more batches than the others stops with them
-                    break
-                yield epoch, i, batch_to_device(batch, accelerator.device)
-            epoch, first = epoch + 1, 0
-
     window = LogWindow(accelerator, resumed["pending_losses"] if resume else [])
     # non-finite steps skipped (the same on every process), SIGTERM agreed at step boundaries: training/step_guard.py
     guard = StepGuard(accelerator, model, cfg.max_bad_steps, cfg.output_dir, sources=lambda i: dataset.example(i).source)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
-    for epoch, index, batch in batches():
+    for epoch, index, batch in micro_batches(cfg, dataset, sampler, loader, start, batches_per_epoch, accelerator):
         with accelerator.accumulate(model):
             # embed [B, D] + [B*G, D], gather to [W*B, D] + [W*B*G, D], loss, backward (in chunks with GradCache)
             loss = train_step(accelerator, model, loss_fn, batch, gather, cfg.grad_cache_chunk)
@@ -263,12 +231,53 @@ def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ save
     save_model(accelerator, model, cfg.output_dir)
     if is_main:
-        for name, obj in (("train_config.json", asdict(cfg)), ("train_log.json", history)):
-            with open(os.path.join(cfg.output_dir, name), "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2, ensure_ascii=False)
+        write_run_record(cfg.output_dir, asdict(cfg), history)  # train_config.json, train_log.json
     accelerator.end_training()
     log(f"saved the model to {cfg.output_dir}")
     return {"history": history, "steps": step, "best_eval": None if best == -math.inf else best}
+
+
+def find_resume(cfg: TrainConfig, log):
+    """(checkpoint folder, its trainer state) for --resume-from-checkpoint, or (None, None); a checkpoint written
+    with other settings is refused here, before anything loads."""
+    resume = find_checkpoint(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
+    if resume is None:
+        if cfg.resume_from_checkpoint:
+            log(f"--resume-from-checkpoint latest: no checkpoint in {cfg.output_dir} yet, starting at step 0")
+        return None, None
+    resumed = read_trainer_state(resume)
+    check_same_run(resumed["config"], json.loads(json.dumps(asdict(cfg))), resume)
+    return resume, resumed
+
+
+def restore(accelerator, sampler, resume: str, resumed: dict, batches_per_epoch: int):
+    """Load a checkpoint into the prepared objects and the sampler -> (step, best, history, (epoch, batch) to start)."""
+    accelerator.load_state(os.path.join(resume, "state"))  # weights, optimizer, schedule, RNG of every process
+    try:
+        sampler.load_state_dict(resumed["sampler"])  # refuses other data / buckets / global batch
+    except ValueError as e:
+        raise SystemExit(f"--resume-from-checkpoint {resume}: {e}") from None
+    step, history = resumed["step"], resumed["history"]
+    best = -math.inf if resumed["best"] is None else resumed["best"]
+    start = (sampler.epoch, sampler.start_batch) if sampler.start_batch < batches_per_epoch else (sampler.epoch + 1, 0)
+    accelerator.print(f"resumed from {resume}: step {step}, epoch {start[0]}, batch {start[1]}")
+    return step, best, history, start
+
+
+def micro_batches(cfg: TrainConfig, dataset, sampler, loader, start: tuple, batches_per_epoch: int, accelerator):
+    """(epoch, batch index, micro-batch on the device) forever from `start` = (epoch, batch); the sampler and the
+    negatives reshuffle each epoch."""
+    epoch, first = start
+    while True:
+        sampler.set_epoch(epoch, first)
+        if cfg.same_dataset_batches:
+            accelerator.print(sampler.describe_shares(epoch))  # realised share of each file / source this epoch
+        dataset.set_epoch(epoch)
+        for i, batch in enumerate(loader, first):
+            if i == batches_per_epoch:  # a process with more batches than the others stops with them
+                break
+            yield epoch, i, batch_to_device(batch, accelerator.device)
+        epoch, first = epoch + 1, 0
 
 
 def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
@@ -316,23 +325,27 @@ def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
     return dataset, sampler, loader, group_size
 
 
-def make_loss(cfg: TrainConfig, dim: int):
+def make_loss(cfg: TrainConfig, dim: int, num_processes: int, log):
+    """The loss (its paper's τ unless --temperature), tiled when asked or above --loss-tile-above queries
+    -> (loss, whether in-batch negatives are gathered from every process)."""
     try:
-        return build_loss(cfg.loss, dim=dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
+        loss_fn = build_loss(cfg.loss, dim=dim, temperature=cfg.temperature, gte_directions=cfg.gte_directions,
                           gte_exclude_own_group=cfg.gte_exclude_own_group, distill_base=cfg.distill_base,
                           distill_weight=cfg.distill_weight, distill_mode=cfg.distill_mode,
                           teacher_temperature=cfg.teacher_temperature, group_size=cfg.group_size)
     except ValueError as e:
         raise SystemExit(f"--loss {cfg.loss}: {e}") from None
-
-
-def tile_loss(cfg: TrainConfig, loss_fn, gathered_processes: int):
-    """The tiled form of the loss when asked, or automatically above --loss-tile-above queries (losses/tiled.py)."""
+    if loss_temperature(loss_fn) is not None:
+        log(f"loss {cfg.loss}: τ = {loss_temperature(loss_fn):g}{' (its default)' if cfg.temperature is None else ''}")
+    gather = loss_fn.in_batch and cfg.cross_device and num_processes > 1
     try:
-        return choose_tiling(loss_fn, cfg.loss_tile_size, cfg.loss_tile_above,
-                             batch_queries=cfg.batch_size * gathered_processes)
+        tiled = choose_tiling(loss_fn, cfg.loss_tile_size, cfg.loss_tile_above,
+                              batch_queries=cfg.batch_size * (num_processes if gather else 1))
     except ValueError as e:
         raise SystemExit(f"--loss-tile-size / --loss-tile-above (--loss {cfg.loss}): {e}") from None
+    if tiled is not loss_fn:
+        log(f"loss {cfg.loss}: tiled, {tiled.tile_size} × {tiled.tile_size} similarities at a time (losses/tiled.py)")
+    return tiled, gather
 
 
 def check_options(cfg: TrainConfig) -> None:
@@ -379,7 +392,7 @@ def check_options(cfg: TrainConfig) -> None:
     if cfg.deepspeed:
         load_deepspeed_config(cfg.deepspeed)  # readable JSON (build_accelerator reconciles it with the flags)
     # the loss's own options (distill base / mode / group size, gte directions, tiling), on a stand-in dimension
-    tile_loss(cfg, make_loss(cfg, dim=8), int(os.environ.get("WORLD_SIZE", "1")) if cfg.cross_device else 1)
+    make_loss(cfg, dim=8, num_processes=int(os.environ.get("WORLD_SIZE", "1")), log=lambda message: None)
     try:
         num_files = len(cfg.train_data)
         if any(is_prepared(p) for p in cfg.train_data):

@@ -410,7 +410,7 @@ class PreparedCorpus:
         if diff:
             raise DataError(f"{self.path} was prepared with other settings than this run uses, so its token lengths "
                             "(length buckets) would be wrong:\n  " + "\n  ".join(diff) + "\nprepare it again with "
-                            f"--tokenizer <this run's --model> and the run's settings, or change the run's settings")
+                            "--tokenizer <this run's --model> and the run's settings, or change the run's settings")
 
     def _column(self, name: str) -> np.ndarray:
         col = self.rows.data.column(name)

@@ -71,7 +71,7 @@ def test_non_finite_teacher_scores_are_refused_at_load(tmp_path, value):
     path = tmp_path / "scores.jsonl"
     path.write_text('{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1.0], "neg_scores": [0.5]}\n'
                     f'{{"query": "q2", "pos": ["p"], "neg": ["n"], "pos_scores": [1.0], "neg_scores": [{value}]}}\n')
-    with pytest.raises(DataError, match=rf"scores.jsonl:2: field 'neg_scores' holds"):
+    with pytest.raises(DataError, match=r"scores.jsonl:2: field 'neg_scores' holds"):
         load_examples(str(path))
 
 
@@ -326,7 +326,7 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_latest_falls_back(tiny_run,
     res = train.main(cfg_for(*tiny_run, out, "--max-steps", "4", "--save-steps", "1", "--save-total-limit", "0",
                              "--resume-from-checkpoint", "latest"))
     text = "\n".join(capfd.readouterr())
-    assert f"skipped 1 newer checkpoint(s)" in text and os.path.join(newest, file) in text
+    assert "skipped 1 newer checkpoint(s)" in text and os.path.join(newest, file) in text
     assert f"resumed from {os.path.join(out, 'checkpoint-2')}: step 2," in text
     assert res["steps"] == 4
 

@@ -24,7 +24,7 @@ def _log(terms):
 
 
 def loop_infonce(q, p, tau, rows):
-    n, g = len(q), len(p) // len(q)
+    g = len(p) // len(q)
     total = []
     for i in rows:
         z = [torch.exp(_cos(q[i], p[j]) / tau) for j in range(len(p))]
@@ -53,7 +53,7 @@ def loop_gte(q, p, tau, rows, exclude_own_group=False, directions=("qd", "qq", "
 def loop_m3(q, p, t, tau, tau_t, rows):
     """FlagEmbedding's m3_kd_loss: -1/n Σ_i Σ_g p_ig log( e^{s(q_i, d_ig)} / Σ_{j not among members 0 … g-1 of
     i's group} e^{s(q_i, d_j)} ); t = teacher scores of the local rows [n, G]."""
-    n, g = len(q), len(p) // len(q)
+    g = len(p) // len(q)
     total = []
     for k, i in enumerate(rows):
         teacher = torch.softmax(t[k] / tau_t, dim=0)

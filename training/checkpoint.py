@@ -59,6 +59,13 @@ def save_model(accelerator, model, folder: str) -> None:
     accelerator.wait_for_everyone()
 
 
+def write_run_record(folder: str, config: dict, history: list) -> None:
+    """train_config.json (the settings) and train_log.json (losses and evaluations by step) beside the model."""
+    for name, obj in (("train_config.json", config), ("train_log.json", history)):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+
+
 def refuse_non_finite(accelerator, state_dict: dict | None, folder: str) -> None:
     """SystemExit on every process when the main process's state_dict holds NaN / inf (it is the complete one)."""
     bad = []

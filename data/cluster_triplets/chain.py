@@ -123,7 +123,7 @@ def main(argv=None, runner=loop.run_subprocess, description: str | None = None) 
 
         judge = build_judge(args, data.labels, get_embeddings)
         if args.eval_file is None:
-            print(f"note: scoring on --input itself; give --eval-file for texts the triplets did not come from")
+            print("note: scoring on --input itself; give --eval-file for texts the triplets did not come from")
         get_embeddings()
         print(f"2. sample {args.num_triplets} triplets (k = {k}, anchors by {args.anchors}, seed {args.seed})")
         sampled = sample_triplets(embeddings, data.texts, k, args.num_triplets, seed=args.seed, anchors=args.anchors,

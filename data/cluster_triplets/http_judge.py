@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
