@@ -8,6 +8,9 @@ export HF_HUB_OFFLINE := 1
 	.venv/bin/pip install -q torch==2.13.0
 	echo "torch==2.13.0" > .venv/constraints.txt
 	.venv/bin/pip install -q -c .venv/constraints.txt -r requirements.txt
+	# DeepSpeed JIT-compiles its CPU comm op on first use (~40 s); build it once here, so no test (whose time-out
+	# may kill a run mid-build and leave the build's lock behind, hanging every later DeepSpeed run) builds it
+	.venv/bin/python -c "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None"
 	touch .venv/done
 
 install: .venv/done

@@ -4,8 +4,8 @@ Convention proved here (training/gather.py): each process's loss is the mean ove
 gathered W·B queries and W·B·G passages; gather's backward sums the gradients all processes send to each
 slice; DDP/DeepSpeed average over processes. Then loss (mean over processes) and every parameter gradient equal
 those of one process holding the whole global batch. The multiprocess tests launch 2 real processes with
-`torchrun` (gloo, CPU). The first DeepSpeed run on a machine JIT-compiles DeepSpeed's CPU shared-memory comm op
-(~1 min, cached in ~/.cache/torch_extensions afterwards).
+`torchrun` (gloo, CPU). DeepSpeed's CPU shared-memory comm op is JIT-compiled once by `make install` (cached in
+~/.cache/torch_extensions); otherwise the first DeepSpeed run on a machine builds it (~1 min).
 """
 import json
 import os

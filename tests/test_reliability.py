@@ -401,3 +401,23 @@ def test_a_stopped_rank_makes_the_other_fail_within_the_ddp_timeout(tiny_run, tm
     assert waited < timeout + 60
     assert f"Timed out waiting {timeout * 1000}ms" in text, text[-3000:]  # gloo's error, raised in rank 0
     assert not alive(stopped)
+
+
+def test_a_file_renamed_by_another_process_during_the_checkpoint_flush_is_skipped(tmp_path, monkeypatch):
+    """Every process flushes the checkpoint folder while the others may still be writing into it: a temporary file
+    listed by os.walk and renamed before it is opened (seen in CI: state/.tmpXXXX) must not fail the save; the
+    main process's final flush (others_writing=False) still refuses a file that vanishes."""
+    from training import checkpoint
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "model.bin").write_bytes(b"x")
+    real_walk = os.walk
+
+    def walk_listing_a_vanished_file(folder, topdown=True):
+        for root, dirs, files in real_walk(folder, topdown=topdown):
+            yield root, dirs, files + ([".tmpGONE"] if root.endswith("state") else [])
+
+    monkeypatch.setattr(checkpoint.os, "walk", walk_listing_a_vanished_file)
+    checkpoint.fsync_tree(str(tmp_path), others_writing=True)
+    with pytest.raises(FileNotFoundError):
+        checkpoint.fsync_tree(str(tmp_path))

@@ -91,7 +91,7 @@ def save_checkpoint(accelerator, model, output_dir: str, step: int, trainer_stat
     os.makedirs(os.path.join(partial, "state"), exist_ok=True)  # by every process: under DeepSpeed all write into it
     accelerator.wait_for_everyone()
     accelerator.save_state(os.path.join(partial, "state"))
-    fsync_tree(partial)  # each process its own files (the others' are a no-op)
+    fsync_tree(partial, others_writing=True)  # each process its own files (the others' are a no-op)
     accelerator.wait_for_everyone()  # each process writes its own RNG file; rename only once all are written
     if accelerator.is_main_process:
         with open(os.path.join(partial, STATE_FILE), "w", encoding="utf-8") as f:
@@ -117,11 +117,17 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def fsync_tree(folder: str) -> None:
-    """Flush every file and folder under `folder` (folders last: their entries must point at flushed files)."""
+def fsync_tree(folder: str, others_writing: bool = False) -> None:
+    """Flush every file and folder under `folder` (folders last: their entries must point at flushed files).
+    others_writing: other processes may still be saving into `folder`, so a file listed a moment ago (their
+    temporary file, renamed since) can be gone; it is skipped (the main process flushes the finished tree)."""
     for root, dirs, files in os.walk(folder, topdown=False):
         for name in files:
-            fsync_path(os.path.join(root, name))
+            try:
+                fsync_path(os.path.join(root, name))
+            except FileNotFoundError:
+                if not others_writing:
+                    raise
         fsync_path(root)
 
 
