@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -87,7 +88,8 @@ def timed(cmd: list[str]) -> dict:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")  # not a pipe: its progress bars would fill it and block it
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         total = 0
@@ -101,7 +103,9 @@ def timed(cmd: list[str]) -> dict:
             pass
         peak = max(peak, total)
         time.sleep(0.05)
-    out = proc.stdout.read()
+    log.seek(0)
+    out = log.read()
+    log.close()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-4000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
