@@ -19,7 +19,7 @@ test: .venv/done
 	$(PY) -m pytest -q
 
 test-slow: .venv/done
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --timeout 0
 
 # Trains the packaged all-MiniLM-L6-v2 on our own bilingual sample (data/sample, made by
 # scripts/make_sample_data.py) and prints held-out scores after training next to the base model's.
