@@ -21,7 +21,8 @@ corpus and the raw files it came from have the same digest).
 Safety: the folder is built as `<output>.partial/` and renamed into place once complete (manifest written last),
 so an interrupted prepare never leaves a folder that looks complete; the next run deletes the partial folder and
 starts over (a prepare that fails with an error removes it itself). An existing corpus at <output> is replaced only
-after the new one is complete: a failing prepare loses nothing. Re-running with the same inputs (paths, sizes, modification times) and settings is a no-op.
+after the new one is complete: a failing prepare loses nothing. Re-running with the same inputs (paths, sizes,
+modification times) and settings is a no-op.
 train.py refuses a corpus whose shards do not match the manifest (missing, truncated or extra shard), or that was
 made with another tokenizer, prompts or max lengths than the run uses (the differences are named).
 """

@@ -91,7 +91,7 @@ def save_checkpoint(accelerator, model, output_dir: str, step: int, trainer_stat
     os.makedirs(os.path.join(partial, "state"), exist_ok=True)  # by every process: under DeepSpeed all write into it
     accelerator.wait_for_everyone()
     accelerator.save_state(os.path.join(partial, "state"))
-    fsync_tree(partial, others_writing=True)  # each process its own files (the others' are a no-op)
+    fsync_tree(partial, others_writing=True)  # each process flushes what it sees, its own files among them
     accelerator.wait_for_everyone()  # each process writes its own RNG file; rename only once all are written
     if accelerator.is_main_process:
         with open(os.path.join(partial, STATE_FILE), "w", encoding="utf-8") as f:
