@@ -35,8 +35,10 @@ How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
    about 2⁻⁶⁴ per pair (≈ 3·10⁻⁴ for a corpus of 10⁸ distinct texts), and such a collision only defers an
    example that did not need it — a real duplicate is never missed. Random negatives that the dataset draws
    for rows with too few hard negatives are picked per epoch after batching and are not checked.
-   Filling is vectorised: runs of consecutive global batches with no collision are accepted whole (one sort
-   of their hashes); only a batch where texts meet is filled example by example, exactly as described.
+   Filling is vectorised: runs of consecutive global batches with no collision are accepted whole; only a batch
+   where texts meet is filled example by example, exactly as described. Only rows that share a text with some
+   other row can ever collide (`rows_that_can_collide`, computed once per corpus: a prepared corpus stores it),
+   so a run is checked by sorting the hashes of those rows alone; in a corpus of distinct texts that is none.
 3. Order. Batches of a pass are shuffled, so the buckets come in random order. Without weights the epoch
    interleaves the pools' batches in a random order, each batch once. With weights, each step's file is drawn
    with probability w_d / Σw (a seeded generator); w_d = (--dataset-weights)_d × n_d^α with --sampling-alpha α
@@ -76,12 +78,14 @@ def text_hash(text: str) -> int:
 class TextIds:
     """Per example, the 64-bit hashes of its query and positives (`keys`) and of its hard negatives (`negs`), as
     CSR arrays: example i's keys are key_hashes[key_offsets[i]:key_offsets[i+1]]. Each example's keys are
-    distinct, and its negatives are distinct and not among its own keys (an example never collides with itself)."""
+    distinct, and its negatives are distinct and not among its own keys (an example never collides with itself).
+    The arrays may be memory-mapped (a prepared corpus); the planner reads them only for rows that can collide."""
 
     key_offsets: np.ndarray  # [N+1] int64
     key_hashes: np.ndarray  # [K] uint64
     neg_offsets: np.ndarray  # [N+1] int64
     neg_hashes: np.ndarray  # [M] uint64
+    can_collide: np.ndarray | None = None  # [N] bool, `rows_that_can_collide`; None = computed on first use
 
     def __len__(self) -> int:
         return len(self.key_offsets) - 1
@@ -107,6 +111,12 @@ class TextIds:
     def negs(self, i: int) -> list[int]:
         return self.neg_hashes[self.neg_offsets[i]:self.neg_offsets[i + 1]].tolist()
 
+    def collision_rows(self) -> np.ndarray:
+        if self.can_collide is None:
+            self.can_collide = rows_that_can_collide(self.key_offsets, self.key_hashes, self.neg_offsets,
+                                                     self.neg_hashes)
+        return self.can_collide
+
     def gather(self, items: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(position in `items`, hash) of every key / neg hash of the given examples, in order of `items`."""
         offsets, hashes = (self.key_offsets, self.key_hashes) if which == "keys" else (self.neg_offsets, self.neg_hashes)
@@ -116,10 +126,66 @@ class TextIds:
         return pos, hashes[np.repeat(start, count) + within]
 
 
+def conflicting_groups(hashes: np.ndarray, is_key: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    """Which entries (hash, is_key) share a hash with another example in a way a batch may not hold: two keys (a
+    query or positive twice), or a key and a hard negative. Entries are grouped by hash (and by `group`, e.g. the
+    batch, when given); -> [entries] bool, True for every entry of a conflicting group. Hard negatives may repeat
+    among themselves; an example's own texts never conflict (`TextIds` keeps them distinct)."""
+    order = np.argsort(hashes) if group is None else np.lexsort((hashes, group))
+    h = hashes[order]
+    new = np.ones(len(h), dtype=bool)
+    new[1:] = h[1:] != h[:-1]
+    if group is not None:
+        g = group[order]
+        new[1:] |= g[1:] != g[:-1]
+    starts = np.flatnonzero(new)
+    keys = np.add.reduceat(is_key[order].astype(np.int64), starts) if len(h) else np.zeros(0, np.int64)
+    total = np.diff(np.append(starts, len(h)))
+    bad = (keys >= 2) | ((keys >= 1) & (total > keys))
+    out = np.zeros(len(h), dtype=bool)
+    out[order] = np.repeat(bad, total)
+    return out
+
+
+def rows_that_can_collide(key_offsets: np.ndarray, key_hashes: np.ndarray, neg_offsets: np.ndarray,
+                          neg_hashes: np.ndarray, entries_per_part: int = 1 << 24) -> np.ndarray:
+    """[N] bool: the rows some text of which another row also holds, as a key where either side is a key (the
+    only rows that can ever be deferred). Most rows of a real corpus are distinct; the planner checks only the
+    flagged ones, so planning a clean epoch costs a few array passes instead of a sort of every batch's hashes.
+    Hashes are split into parts by value (each part at most entries_per_part entries: bounded memory at 100M+
+    rows, arrays may be memory-mapped); O(H log H) time for H hashes."""
+    n = len(key_offsets) - 1
+    out = np.zeros(n, dtype=bool)
+    parts = max(1, -(-(len(key_hashes) + len(neg_hashes)) // entries_per_part))
+    for part in range(parts):
+        rows, hashes, is_key = [], [], []
+        for offsets, values, key in ((key_offsets, key_hashes, True), (neg_offsets, neg_hashes, False)):
+            at = np.flatnonzero(values % np.uint64(parts) == part) if parts > 1 else np.arange(len(values))
+            rows.append(np.searchsorted(offsets, at, side="right") - 1)
+            hashes.append(np.asarray(values[at]))
+            is_key.append(np.full(len(at), key))
+        rows_p = np.concatenate(rows)
+        out[rows_p[conflicting_groups(np.concatenate(hashes), np.concatenate(is_key))]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class EncodedKeys:
+    """Length keys already encoded by `encode_length_keys` (e.g. memory-mapped from a prepared corpus)."""
+
+    keys: np.ndarray  # [N] int64
+    pairs: bool  # (passage, query) pairs as passage · 2³² + query
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 def encode_length_keys(length_keys) -> tuple[np.ndarray, bool]:
     """Length keys as one sortable int64 per example -> (keys, whether they are (passage, query) pairs).
 
-    Accepts ints (e.g. BGE's max length), (passage, query) tuples, or an [N, 2] array of them."""
+    Accepts ints (e.g. BGE's max length), (passage, query) tuples, an [N, 2] array of them, or EncodedKeys."""
+    if isinstance(length_keys, EncodedKeys):
+        return length_keys.keys, length_keys.pairs
     a = np.asarray(length_keys, dtype=np.int64)
     if a.ndim == 2:
         if a.shape[1] != 2 or (a < 0).any() or (a[:, 1] >= 1 << QUERY_BITS).any():
@@ -128,21 +194,50 @@ def encode_length_keys(length_keys) -> tuple[np.ndarray, bool]:
     return a, False
 
 
-def quantile_boundaries(keys, num_buckets: int) -> list:
+def quantile_boundaries(keys, num_buckets: int, chunk: int = 1 << 22) -> list:
     """Inclusive upper edges of up to num_buckets buckets of about equal size along the sorted keys.
 
     Keys are ints (encoded pairs compare like tuples); equal keys always share a bucket, so equal edges merge and a
     bucket can be larger than N / num_buckets. The last bucket is open (every key above the last edge).
+    Computed from the keys' histogram, `chunk` keys at a time: memory O(distinct keys + chunk), not O(N).
     """
     if num_buckets < 1:
         raise ValueError(f"number of length buckets must be ≥ 1, got {num_buckets}")
-    s = np.sort(np.asarray(keys))
+    keys = np.asarray(keys)
+    counts: dict[int, int] = {}
+    for lo in range(0, len(keys), chunk):
+        values, n = np.unique(keys[lo:lo + chunk], return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist()):
+            counts[v] = counts.get(v, 0) + c
+    values = np.array(sorted(counts))
+    cum = np.cumsum([counts[v] for v in values.tolist()])
     edges: list = []
     for k in range(1, num_buckets):
-        edge = s[k * len(s) // num_buckets - 1].item()
-        if (not edges or edge > edges[-1]) and edge < s[-1]:
+        at = (k * len(keys) // num_buckets - 1) % len(keys)  # position in the sorted keys (-1: the last)
+        edge = values[np.searchsorted(cum, at, side="right")].item()
+        if (not edges or edge > edges[-1]) and edge < values[-1]:
             edges.append(edge)
     return edges
+
+
+def stable_cell_order(cell_of: Callable[[int, int], np.ndarray], n: int, num_cells: int, dtype,
+                      chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Example indices sorted by cell, ascending within a cell (a counting sort, `chunk` rows at a time: no O(N)
+    int64 temporaries) -> (indices [n] of dtype, cell starts [num_cells + 1]). cell_of(lo, hi): cells of rows lo..hi."""
+    counts = np.zeros(num_cells, dtype=np.int64)
+    for lo in range(0, n, chunk):
+        counts += np.bincount(cell_of(lo, min(n, lo + chunk)), minlength=num_cells)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    out, fill = np.empty(n, dtype=dtype), starts[:-1].copy()
+    for lo in range(0, n, chunk):
+        cells = cell_of(lo, min(n, lo + chunk))
+        order = np.argsort(cells, kind="stable")
+        c = cells[order]
+        got = np.bincount(c, minlength=num_cells)
+        first = np.cumsum(got) - got  # where each cell starts in this chunk's sorted cells
+        out[fill[c] + np.arange(len(c)) - first[c]] = order + lo
+        fill += got
+    return out, starts
 
 
 def auto_num_buckets(num_examples: int, global_batch: int, most: int = 64) -> int:
@@ -284,18 +379,24 @@ class BucketBatchSampler(Sampler[list[int]]):
             else:
                 self.boundaries = quantile_boundaries(
                     self.length_keys, num_buckets or auto_num_buckets(num_examples, self.global_batch))
-        self.bucket_of = (np.searchsorted(np.asarray(self.boundaries, dtype=np.int64), self.length_keys,
-                                          side="left").astype(np.int16)
-                          if self.length_keys is not None else np.zeros(num_examples, dtype=np.int16))
+        edges = np.asarray(self.boundaries, dtype=np.int64)
+        self.bucket_of = np.zeros(num_examples, dtype=np.int16)
+        if self.length_keys is not None:
+            for lo in range(0, num_examples, 1 << 22):  # chunks: no [N] int64 temporary
+                self.bucket_of[lo:lo + (1 << 22)] = np.searchsorted(edges, self.length_keys[lo:lo + (1 << 22)])
         self.num_buckets = len(self.boundaries) + 1
 
         # pools: one per file with same-file batches, else one for all; members sorted by (pool, bucket, index)
         self.same_file = same_file
-        pool_of = files if same_file else np.zeros(num_examples, dtype=np.int32)
-        cell = pool_of.astype(np.int64) * self.num_buckets + self.bucket_of
-        self._members = np.argsort(cell, kind="stable").astype(self.index_dtype)
-        counts = np.bincount(cell, minlength=self.num_files * self.num_buckets if same_file else self.num_buckets)
-        self._cell_start = np.concatenate([[0], np.cumsum(counts)])
+        num_pools = self.num_files if same_file else 1
+
+        def cell_of(lo: int, hi: int) -> np.ndarray:
+            bucket = self.bucket_of[lo:hi].astype(np.int32)
+            return files[lo:hi] * self.num_buckets + bucket if same_file else bucket
+
+        self._members, self._cell_start = stable_cell_order(cell_of, num_examples, num_pools * self.num_buckets,
+                                                            self.index_dtype)
+        counts = np.diff(self._cell_start)
         self.pool_sizes = counts.reshape(-1, self.num_buckets).sum(axis=1)  # [pools]
         self.pools = [p for p in range(len(self.pool_sizes)) if self.pool_sizes[p] > 0]
         self._nominal = {p: int(self.pool_sizes[p]) // self.global_batch for p in self.pools}
@@ -430,8 +531,9 @@ class BucketBatchSampler(Sampler[list[int]]):
                 got_bucket.append(bucket)
                 passes += 1
             extra += passes - 1
-            indices[steps] = np.concatenate(got_idx)[:len(steps)]
-            buckets[steps] = np.concatenate(got_bucket)[:len(steps)]
+            indices[steps] = (got_idx[0] if passes == 1 else np.concatenate(got_idx))[:len(steps)]
+            buckets[steps] = (got_bucket[0] if passes == 1 else np.concatenate(got_bucket))[:len(steps)]
+            del got_idx, got_bucket
             files[steps] = pool if self.same_file else ALL_FILES
         return EpochPlan(indices, files, buckets, deferred=deferred, left_out=left_out, extra_passes=extra)
 
@@ -505,21 +607,19 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _clean_prefix(self, chunks: np.ndarray) -> int:
         """How many leading rows of chunks [k, gb] the example-by-example fill would take whole (no text of one
-        example among another's keys; hard negatives may repeat among themselves)."""
+        example among another's keys; hard negatives may repeat among themselves). Only rows that can collide at
+        all (`rows_that_can_collide`) are looked at: for a corpus of distinct texts this is one boolean gather."""
         t = self.text_ids
         flat = chunks.reshape(-1)
-        kpos, khash = t.gather(flat, "keys")
-        npos, nhash = t.gather(flat, "negs")
-        chunk = np.concatenate([kpos, npos]) // chunks.shape[1]
-        hashes = np.concatenate([khash, nhash])
-        is_key = np.concatenate([np.ones(len(khash), np.int64), np.zeros(len(nhash), np.int64)])
-        order = np.lexsort((hashes, chunk))  # by chunk, then hash
-        chunk, hashes, is_key = chunk[order], hashes[order], is_key[order]
-        starts = np.flatnonzero(np.concatenate([[True], (chunk[1:] != chunk[:-1]) | (hashes[1:] != hashes[:-1])]))
-        keys = np.add.reduceat(is_key, starts)
-        total = np.diff(np.append(starts, len(chunk)))
-        bad = (keys >= 2) | ((keys >= 1) & (total > keys))  # two keys, or a key and another example's negative
-        return int(chunk[starts[bad]].min()) if bad.any() else len(chunks)
+        suspect = np.flatnonzero(t.collision_rows()[flat])
+        if len(suspect) == 0:
+            return len(chunks)
+        kpos, khash = t.gather(flat[suspect], "keys")
+        npos, nhash = t.gather(flat[suspect], "negs")
+        chunk = suspect[np.concatenate([kpos, npos])] // chunks.shape[1]
+        is_key = np.concatenate([np.ones(len(khash), bool), np.zeros(len(nhash), bool)])
+        bad = conflicting_groups(np.concatenate([khash, nhash]), is_key, group=chunk)
+        return int(chunk[bad].min()) if bad.any() else len(chunks)
 
     def _fill_one(self, front: list[int], queue: np.ndarray, pos: int, back: list[int]):
         """Fill one batch from pending = front + queue[pos:] + back, example by example.

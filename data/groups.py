@@ -101,17 +101,12 @@ class PreparedGroupedDataset(_Groups):
         super().__init__(group_size, seed, needs_scores)
         corpus.check_rows(group_size, needs_scores)
         self.corpus, self.label_kind = corpus, label_kind
-        self.columns = [c for c in ("query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "label", "source",
-                                    "line", "query_ids", "passage_ids") if c in corpus.rows.column_names]
-        self._rows = None  # opened per process (DataLoader workers map the shards themselves)
 
     def __len__(self) -> int:
         return len(self.corpus)
 
     def _row(self, i: int) -> dict:
-        if self._rows is None:
-            self._rows = self.corpus.rows.select_columns(self.columns)
-        return self._rows[int(i)]
+        return self.corpus.row(int(i))
 
     def example(self, i: int) -> Example:
         r = self._row(i)

@@ -13,10 +13,24 @@ that work once and stores per row
                                                              negatives (`sampler_inputs.row_text_hashes`)
     query_ids, passage_ids                                   token ids, only with --pretokenize
 
-in `shards/*.arrow` (Arrow IPC streams, the files `datasets` memory-maps), and `manifest.json`: the sources with
-their row counts and skipped rows, the shards with rows and bytes, the tokenizer (path and a fingerprint of its
-vocabulary and rules), the length settings, and a content digest (`examples_digest` of the rows, so a prepared
-corpus and the raw files it came from have the same digest).
+in `shards/*.arrow` (Arrow IPC streams, written by `datasets`, which can also read them), and beside them, in
+`index/`, what train.py needs before its first step as flat numpy arrays (`np.load(mmap_mode="r")`, nothing parsed):
+
+    length_keys.npy                  [N] int64   bucket key: passage tokens rounded up to 8 · 2³² + query tokens
+    source.npy                       [N] int32   source of each row
+    key_offsets.npy, key_hashes.npy  CSR         the hashes of query + positives (`TextIds`)
+    neg_offsets.npy, neg_hashes.npy  CSR         the hashes of the hard negatives
+    can_collide.npy                  [N] bool    rows sharing a text with another row (`rows_that_can_collide`)
+    neg_count.npy                    [N] int32   hard negatives per row (the distillation check)
+    scored.npy                       [N] uint8   bit 0: pos_scores present, bit 1: neg_scores present
+    record_batches.npy               [B, 3] int64  shard, byte offset and first row of every record batch
+
+so opening a corpus reads a manifest and maps files: no shard is opened, no column is read, and memory and time
+before the first step grow only with what the planner itself keeps (benchmarks/README.md). A row is read by
+seeking to its record batch (`record_batches.npy`) and decoding that one batch. `manifest.json` holds the sources
+with their row counts and skipped rows, the shards and index files with their bytes, the tokenizer (path and a
+fingerprint of its vocabulary and rules), the length settings, and a content digest (`examples_digest` of the rows,
+so a prepared corpus and the raw files it came from have the same digest).
 
 Safety: the folder is built as `<output>.partial/` and renamed into place once complete (manifest written last),
 so an interrupted prepare never leaves a folder that looks complete; the next run deletes the partial folder and
@@ -38,13 +52,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.bucket_sampler import TextIds
+from data.bucket_sampler import EncodedKeys, TextIds
 from data.examples import DataError, LoadReport, iter_examples
 from data.sampler_inputs import passage_key, row_text_hashes, token_counts
 
-FORMAT = "prepared-training-corpus/1"
+FORMAT = "prepared-training-corpus/2"  # /2: the index/ arrays
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+INDEX = "index"
 ROWS_PER_BATCH = 1000  # rows per Arrow record batch
 PREPARE_HINT_ROWS = 200_000  # raw inputs at least this big get a hint to prepare them
 
@@ -236,7 +251,7 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
     os.makedirs(os.path.join(staging, "rows"))
     started = time.time()
     try:
-        rows_per_source, digest, shards, report = _build(inputs, tokenizer_path, staging, settings, pair_kind,
+        rows_per_source, digest, shards, index, report = _build(inputs, tokenizer_path, staging, settings, pair_kind,
                                                          score_max, skip_bad_rows, pretokenize, num_proc,
                                                          rows_per_shard, progress, count_tokens)
     except BaseException:
@@ -247,7 +262,7 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
     manifest = {
         "format": FORMAT, "request": request, "rows": int(sum(rows_per_source)), "content_digest": digest,
         "sources": [{"path": p, "rows": int(n)} for p, n in zip(inputs, rows_per_source)],
-        "skipped_rows": dict(report.skipped), "notes": report.notes, "shards": shards,
+        "skipped_rows": dict(report.skipped), "notes": report.notes, "shards": shards, "index": index,
         "tokenizer": {"path": tokenizer_path, "fingerprint": settings.tokenizer},
         "settings": dataclasses.asdict(settings), "pair_kind": pair_kind, "score_max": score_max,
         "pretokenize": pretokenize, "seconds": round(time.time() - started, 1),
@@ -270,7 +285,8 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
 
 def _build(inputs, tokenizer_path, staging, settings, pair_kind, score_max, skip_bad_rows, pretokenize, num_proc,
            rows_per_shard, progress, count_tokens):
-    """Rows, then lengths and hashes, into staging/shards; -> (rows per source, digest, shard list, report)."""
+    """Rows, then lengths and hashes, into staging/shards, then the index arrays
+    -> (rows per source, digest, shard list, index file list, report)."""
     # 1. stream validated rows into Arrow files (one process: parsing + validation, bounded memory)
     report = LoadReport()
     rows_per_source, digest, row_files = _write_rows(inputs, staging, pair_kind, score_max, skip_bad_rows, report,
@@ -295,9 +311,97 @@ def _build(inputs, tokenizer_path, staging, settings, pair_kind, score_max, skip
         del part
         os.remove(rows_file)
     shutil.rmtree(os.path.join(staging, "rows"))
-    shards = [{"file": os.path.relpath(f, staging), "rows": len(datasets.Dataset.from_file(f)),
-               "bytes": os.path.getsize(f)} for f in sorted(glob.glob(os.path.join(shard_dir, "*.arrow")))]
-    return rows_per_source, digest, shards, report
+    files = sorted(glob.glob(os.path.join(shard_dir, "*.arrow")))
+    index, rows_per_shard = _write_index(staging, files, progress)
+    shards = [{"file": os.path.relpath(f, staging), "rows": n, "bytes": os.path.getsize(f)}
+              for f, n in zip(files, rows_per_shard)]
+    return rows_per_source, digest, shards, index, report
+
+
+def _record_batches(file: str):
+    """(byte offset, RecordBatch) of every record batch of an Arrow IPC stream, memory-mapped (zero-copy)."""
+    import pyarrow as pa
+
+    source = pa.memory_map(file)
+    reader, schema = pa.ipc.MessageReader.open_stream(source), None
+    while True:
+        at = source.tell()
+        try:
+            message = reader.read_next_message()
+        except StopIteration:
+            return
+        if message is None:
+            return
+        if message.type == "schema":
+            schema = pa.ipc.read_schema(message)
+        elif message.type == "record batch":
+            yield at, pa.ipc.read_record_batch(message, schema)
+        else:
+            raise DataError(f"{file}: unexpected Arrow message {message.type!r}; prepare the corpus again")
+
+
+def _write_index(staging: str, shard_files: list[str], progress: bool) -> tuple[list[dict], list[int]]:
+    """index/*.npy (module docstring) from the shards, in two passes over their record batches: count, then fill
+    arrays that live on disk (`open_memmap`), so no [N] array is ever held in memory.
+    -> (manifest entries of the index files, rows per shard)."""
+    import pyarrow.compute as pc
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    from data.bucket_sampler import rows_that_can_collide
+
+    batches, rows, keys, negs = [], 0, 0, 0  # (shard, offset, first row, first key, first neg)
+    for k, file in enumerate(shard_files):
+        for offset, b in _record_batches(file):
+            batches.append((k, offset, rows, keys, negs))
+            rows += b.num_rows
+            keys += len(b.column("key_hashes").flatten())
+            negs += len(b.column("neg_hashes").flatten())
+    folder = os.path.join(staging, INDEX)
+    os.makedirs(folder)
+
+    def array(name, dtype, shape):
+        return open_memmap(os.path.join(folder, name + ".npy"), mode="w+", dtype=dtype, shape=shape)
+
+    length_keys, source = array("length_keys", np.int64, (rows,)), array("source", np.int32, (rows,))
+    neg_count, scored = array("neg_count", np.int32, (rows,)), array("scored", np.uint8, (rows,))
+    csr = {name: (array(name[:3] + "_offsets", np.int64, (rows + 1,)), array(name, np.uint64, (n,)))
+           for name, n in (("key_hashes", keys), ("neg_hashes", negs))}
+    for offsets, _ in csr.values():
+        offsets[0] = 0
+    at = 0
+    bar = tqdm(total=rows, desc="index arrays", unit=" rows", disable=not progress, mininterval=2)
+    for k, file in enumerate(shard_files):
+        for _, b in _record_batches(file):
+            _, _, r0, k0, n0 = batches[at]
+            r1 = r0 + b.num_rows
+            col = {c: b.column(c) for c in b.schema.names}
+            length_keys[r0:r1] = (passage_key(col["passage_len"].to_numpy().astype(np.int64)) << 32) \
+                | col["query_len"].to_numpy().astype(np.int64)
+            source[r0:r1] = col["source"].to_numpy()
+            neg_count[r0:r1] = pc.list_value_length(col["neg"]).fill_null(0).to_numpy()
+            scored[r0:r1] = (col["pos_scores"].is_valid().to_numpy(zero_copy_only=False).astype(np.uint8)
+                             | col["neg_scores"].is_valid().to_numpy(zero_copy_only=False).astype(np.uint8) << 1)
+            for name, first in (("key_hashes", k0), ("neg_hashes", n0)):
+                offsets, hashes = csr[name]
+                lengths = pc.list_value_length(col[name]).fill_null(0).to_numpy().astype(np.int64)
+                offsets[r0 + 1:r1 + 1] = first + np.cumsum(lengths)
+                values = col[name].flatten().to_numpy()
+                hashes[first:first + len(values)] = values.view(np.uint64)
+            at += 1
+            bar.update(b.num_rows)
+    bar.close()
+    table = array("record_batches", np.int64, (len(batches), 3))
+    table[:] = np.array([b[:3] for b in batches], dtype=np.int64).reshape(-1, 3)
+    collide = array("can_collide", np.bool_, (rows,))
+    collide[:] = rows_that_can_collide(*csr["key_hashes"], *csr["neg_hashes"])
+    for a in (length_keys, source, neg_count, scored, table, collide, *[x for pair in csr.values() for x in pair]):
+        a.flush()
+    rows_per_shard = np.bincount(table[:, 0], weights=np.diff(np.append(table[:, 2], rows)),
+                                 minlength=len(shard_files)).astype(int).tolist()
+    entries = [{"file": os.path.join(INDEX, f), "bytes": os.path.getsize(os.path.join(folder, f))}
+               for f in sorted(os.listdir(folder))]
+    return entries, rows_per_shard
 
 
 def _write_rows(inputs, staging, pair_kind, score_max, skip_bad_rows, report, rows_per_file, progress):
@@ -350,50 +454,70 @@ def _write_rows(inputs, staging, pair_kind, score_max, skip_bad_rows, report, ro
 
 # ------------------------------------------------------------------------------------------ read
 def verify_shards(path: str, manifest: dict) -> None:
-    """The shards on disk are the manifest's: none missing, none truncated or grown, none extra."""
-    listed = {s["file"] for s in manifest["shards"]}
-    for s in manifest["shards"]:
-        file = os.path.join(path, s["file"])
-        if not os.path.isfile(file):
-            raise DataError(f"{path}: shard {s['file']} of the manifest is missing; prepare the corpus again")
-        size = os.path.getsize(file)
-        if size != s["bytes"]:
-            raise DataError(f"{path}: shard {s['file']} has {size} bytes, the manifest says {s['bytes']} "
-                            "(truncated or changed); prepare the corpus again")
-    extra = sorted(os.path.relpath(f, path) for f in glob.glob(os.path.join(path, SHARDS, "*"))
-                   if os.path.relpath(f, path) not in listed)
-    if extra:
-        raise DataError(f"{path}: {', '.join(extra)} not in the manifest (extra shard); remove it or prepare the "
-                        "corpus again")
+    """The shards and index files on disk are the manifest's: none missing, none truncated or grown, none extra."""
+    for kind, folder, listed_files in (("shard", SHARDS, manifest["shards"]), ("index file", INDEX, manifest["index"])):
+        for s in listed_files:
+            file = os.path.join(path, s["file"])
+            if not os.path.isfile(file):
+                raise DataError(f"{path}: {kind} {s['file']} of the manifest is missing; prepare the corpus again")
+            size = os.path.getsize(file)
+            if size != s["bytes"]:
+                raise DataError(f"{path}: {kind} {s['file']} has {size} bytes, the manifest says {s['bytes']} "
+                                "(truncated or changed); prepare the corpus again")
+        listed = {s["file"] for s in listed_files}
+        extra = sorted(os.path.relpath(f, path) for f in glob.glob(os.path.join(path, folder, "*"))
+                       if os.path.relpath(f, path) not in listed)
+        if extra:
+            raise DataError(f"{path}: {', '.join(extra)} not in the manifest (extra {kind}); remove it or prepare "
+                            "the corpus again")
+
+
+ROW_COLUMNS = ("query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "label", "source", "line")
+BATCHES_KEPT = 16  # decoded record batches kept per process (rows read together often share one)
 
 
 class PreparedCorpus:
-    """A prepared folder, memory-mapped: rows by index, and the planner's inputs as numpy arrays."""
+    """A prepared folder: the planner's inputs as memory-mapped arrays, rows read by index from the shards.
+
+    Opening it reads the manifest and the .npy headers; the shards are opened by the first row read, in the process
+    that reads it (a DataLoader worker maps them itself)."""
 
     def __init__(self, path: str):
-        import datasets
-
         self.path = os.path.normpath(path)
         self.manifest = read_manifest(self.path)
         verify_shards(self.path, self.manifest)
-        parts = []
-        for s in self.manifest["shards"]:
-            part = datasets.Dataset.from_file(os.path.join(self.path, s["file"]))  # memory-mapped
-            if len(part) != s["rows"]:
-                raise DataError(f"{self.path}: shard {s['file']} has {len(part)} rows, the manifest says {s['rows']}")
-            parts.append(part)
-        self.rows = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-        if len(self.rows) != self.manifest["rows"]:
-            raise DataError(f"{self.path}: shards hold {len(self.rows)} rows, the manifest says {self.manifest['rows']}")
         self.source_names = [s["path"] for s in self.manifest["sources"]]
         self.pretokenized = bool(self.manifest["pretokenize"])
+        self.column_names = list(ROW_COLUMNS) + (["query_ids", "passage_ids"] if self.pretokenized else [])
+        rows = sum(s["rows"] for s in self.manifest["shards"])
+        if rows != self.manifest["rows"]:
+            raise DataError(f"{self.path}: shards hold {rows} rows, the manifest says {self.manifest['rows']}")
+        for name in ("length_keys", "source", "can_collide", "neg_count", "scored", "key_offsets", "neg_offsets"):
+            want = rows + 1 if name.endswith("offsets") else rows
+            if len(self.array(name)) != want:
+                raise DataError(f"{self.path}: {INDEX}/{name}.npy has {len(self.array(name))} entries for {rows} rows; "
+                                "prepare the corpus again")
+        self._table = np.load(os.path.join(self.path, INDEX, "record_batches.npy"))  # [B, 3], small: in memory
+        if len(self._table) == 0 or self._table[0, 2] != 0 or (np.diff(self._table[:, 2]) <= 0).any() \
+                or self._table[-1, 2] >= rows:
+            raise DataError(f"{self.path}: {INDEX}/record_batches.npy does not match the shards; prepare the corpus "
+                            "again")
+        self._maps: dict = {}  # shard -> (memory map, schema), opened by the first read in this process
+        self._batches: dict = {}  # record batch -> decoded RecordBatch, the last BATCHES_KEPT
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.manifest["rows"]
+
+    def __getstate__(self) -> dict:  # to a spawned worker: paths, not maps (they are reopened there)
+        return {**self.__dict__, "_maps": {}, "_batches": {}}
 
     @property
     def content_digest(self) -> str:
         return self.manifest["content_digest"]
+
+    def array(self, name: str) -> np.ndarray:
+        """index/<name>.npy, memory-mapped read-only (a header read; pages load when touched)."""
+        return np.load(os.path.join(self.path, INDEX, name + ".npy"), mmap_mode="r")
 
     def check_settings(self, tokenizer, settings, pair_kind: str | None) -> None:
         """Refuse a corpus whose lengths were computed for another tokenizer, prompts or max lengths, or for
@@ -413,51 +537,64 @@ class PreparedCorpus:
                             "(length buckets) would be wrong:\n  " + "\n  ".join(diff) + "\nprepare it again with "
                             "--tokenizer <this run's --model> and the run's settings, or change the run's settings")
 
-    def _column(self, name: str) -> np.ndarray:
-        col = self.rows.data.column(name)
-        return np.concatenate([c.to_numpy(zero_copy_only=False) for c in col.chunks]) if col.num_chunks else np.empty(0)
-
-    def _csr(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        import pyarrow.compute as pc
-
-        col = self.rows.data.column(name)
-        lengths = np.concatenate([pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in col.chunks])
-        values = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks])
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return offsets, values.astype(np.int64, copy=False).view(np.uint64)
-
-    def length_keys(self) -> np.ndarray:
-        """[N, 2]: (longest passage rounded up to 8, query tokens), as sampler_inputs.length_keys computes them."""
-        return np.stack([passage_key(self._column("passage_len").astype(np.int64)),
-                         self._column("query_len").astype(np.int64)], axis=1)
+    # ---------------------------------------------------------- the planner's inputs (memory-mapped)
+    def length_keys(self) -> EncodedKeys:
+        """Per row passage tokens rounded up to 8 · 2³² + query tokens: sampler_inputs.length_keys, encoded."""
+        return EncodedKeys(self.array("length_keys"), pairs=True)
 
     def text_ids(self) -> TextIds:
-        return TextIds(*self._csr("key_hashes"), *self._csr("neg_hashes"))
+        return TextIds(self.array("key_offsets"), self.array("key_hashes"), self.array("neg_offsets"),
+                       self.array("neg_hashes"), can_collide=self.array("can_collide"))
 
     def file_index(self) -> np.ndarray:
-        return self._column("source").astype(np.int32)
+        return self.array("source")
+
+    # ---------------------------------------------------------- rows
+    def row(self, i: int, columns=None) -> dict:
+        """Row i as a dict of the given columns (default: all), decoded from its record batch alone."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} of a corpus of {len(self)} rows")
+        table = self._table
+        b = int(np.searchsorted(table[:, 2], i, side="right")) - 1
+        batch = self._batch(b, table)
+        r = int(i - table[b, 2])
+        return {c: batch.column(c)[r].as_py() for c in (columns or self.column_names)}
+
+    def _batch(self, b: int, table: np.ndarray):
+        import pyarrow as pa
+
+        if b in self._batches:
+            self._batches[b] = self._batches.pop(b)  # most recently used last
+            return self._batches[b]
+        shard, offset = int(table[b, 0]), int(table[b, 1])
+        if shard not in self._maps:
+            source = pa.memory_map(os.path.join(self.path, self.manifest["shards"][shard]["file"]))
+            self._maps[shard] = (source, pa.ipc.read_schema(pa.ipc.read_message(source)))
+        source, schema = self._maps[shard]
+        source.seek(offset)
+        batch = pa.ipc.read_record_batch(pa.ipc.read_message(source), schema)
+        self._batches[b] = batch
+        if len(self._batches) > BATCHES_KEPT:
+            del self._batches[next(iter(self._batches))]
+        return batch
 
     def where(self, i: int) -> str:
         """file:line of row i, for messages."""
-        row = self.rows.select_columns(["source", "line"])[int(i)]
+        row = self.row(int(i), ["source", "line"])
         return f"{self.source_names[row['source']]}:{row['line']}"
 
     def check_rows(self, group_size: int, needs_scores: bool) -> None:
-        """What GroupedDataset checks on every example, vectorised: teacher scores present and enough negatives
-        for distillation; the first bad row is named by file and line."""
+        """What GroupedDataset checks on every example, from the index arrays: teacher scores present and enough
+        negatives for distillation; the first bad row is named by file and line."""
         if not needs_scores:
             return
-        import pyarrow.compute as pc
-
-        for col in ("pos_scores", "neg_scores") if group_size > 1 else ("pos_scores",):
-            nulls = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in self.rows.data.column(col).chunks])
-            if nulls.any():
-                raise DataError(f"{self.where(np.flatnonzero(nulls)[0])}: field 'pos_scores'/'neg_scores' missing; "
-                                "the distill loss needs teacher scores on every row (scripts/score_with_teacher.py "
-                                "adds them)")
-        negs = np.concatenate([pc.list_value_length(c).to_numpy(zero_copy_only=False)
-                               for c in self.rows.data.column("neg").chunks])
+        scored = self.array("scored")
+        need = 3 if group_size > 1 else 1  # pos_scores (bit 0), and neg_scores (bit 1) with negatives
+        missing = np.flatnonzero(scored & need != need)
+        if len(missing):
+            raise DataError(f"{self.where(missing[0])}: field 'pos_scores'/'neg_scores' missing; the distill loss "
+                            "needs teacher scores on every row (scripts/score_with_teacher.py adds them)")
+        negs = self.array("neg_count")
         short = np.flatnonzero(negs < group_size - 1)
         if len(short):
             raise DataError(f"{self.where(short[0])}: field 'neg' has {negs[short[0]]} scored negatives; "

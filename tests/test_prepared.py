@@ -18,6 +18,7 @@ from data.examples import DataError, load_examples
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, prepare
 from data.train_sampler import build_prepared_sampler, build_train_sampler
+from data.sampler_inputs import length_keys, text_ids
 from models.bi_encoder import EncoderSettings
 from scripts import prepare_data
 from tests.helpers import make_tiny_run_files, minilm_path
@@ -72,6 +73,13 @@ def test_prepared_corpus_gives_the_raw_paths_batches_and_items(run, corpus, worl
             raw.set_epoch(epoch)
             mapped.set_epoch(epoch)
             assert list(raw) == list(mapped)  # this rank's slices
+    assert not prepared._maps  # planning read the index arrays only: no shard was opened
+    ids, mapped_ids = text_ids(examples), prepared.text_ids()
+    for name in ("key_offsets", "key_hashes", "neg_offsets", "neg_hashes"):
+        assert np.array_equal(getattr(ids, name), getattr(mapped_ids, name))
+    assert np.array_equal(ids.collision_rows(), mapped_ids.can_collide) and mapped_ids.can_collide.any()
+    keys = length_keys(examples, tok, 16, 24, progress=False)
+    assert np.array_equal((keys[:, 0] << 32) | keys[:, 1], prepared.length_keys().keys)
     groups, mapped_groups = GroupedDataset(examples, 3, seed=5), PreparedGroupedDataset(prepared, 3, seed=5)
     for epoch in (0, 1):
         groups.set_epoch(epoch)
@@ -243,6 +251,20 @@ def test_a_manifest_that_does_not_match_its_shards_is_refused(run, tmp_path):
            f"shard {shards[0]['file']} has {shards[0]['bytes'] // 2} bytes, the manifest says {shards[0]['bytes']}")
     broken(lambda: shutil.copy(first, os.path.join(out, "shards", "shard-99999.arrow")),
            "shards/shard-99999.arrow not in the manifest \\(extra shard\\)")
+    keys = os.path.join(out, "index", "length_keys.npy")
+    size = os.path.getsize(keys)
+    broken(lambda: os.remove(keys), "index file index/length_keys.npy of the manifest is missing")
+    broken(lambda: os.truncate(keys, size - 8), f"index file index/length_keys.npy has {size - 8} bytes")
+    broken(lambda: shutil.copy(keys, os.path.join(out, "index", "extra.npy")),
+           "index/extra.npy not in the manifest \\(extra index file\\)")
+
+    def older_format():
+        manifest = json.load(open(os.path.join(out, "manifest.json")))
+        manifest["format"] = "prepared-training-corpus/1"
+        json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+
+    broken(older_format, "format 'prepared-training-corpus/1', this code reads 'prepared-training-corpus/2'; "
+                         "prepare it again")
 
 
 def test_a_corpus_prepared_for_other_settings_is_refused_with_the_differences(run, corpus, tmp_path):

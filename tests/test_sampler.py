@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import train
-from data.bucket_sampler import MIXED, BucketBatchSampler
+from data.bucket_sampler import (MIXED, BucketBatchSampler, quantile_boundaries, rows_that_can_collide,
+                                 stable_cell_order)
 from data.sampler_inputs import length_keys, text_ids
 from data.examples import Example
 from tests.helpers import DATA, make_tiny_run_files, minilm_path, needs_data
@@ -298,3 +299,41 @@ def test_vectorised_fill_equals_the_plain_greedy_fill(distinct):
         batches, rest, deferrals = s._fill(queue)
         assert batches.tolist() == want_batches and rest.tolist() == want_rest and deferrals == want_deferrals
     assert distinct == 100_000 or want_deferrals > 0  # the collision path is exercised
+
+
+# ------------------------------------------------------------------ the planner's array passes at scale
+@pytest.mark.parametrize("parts_of", [10 ** 9, 7])  # one part; several parts (bounded memory at 100M+ rows)
+def test_rows_that_can_collide_are_those_sharing_a_text_with_another_row(parts_of):
+    rnd = random.Random(parts_of)
+    data = [Example(f"t{rnd.randrange(300)}", [f"t{rnd.randrange(300)}"],
+                    [f"t{rnd.randrange(300)}" for _ in range(rnd.randrange(3))]) for _ in range(200)]
+    ids = text_ids(data)
+    got = rows_that_can_collide(ids.key_offsets, ids.key_hashes, ids.neg_offsets, ids.neg_hashes,
+                                entries_per_part=parts_of)
+    want = []
+    for i, a in enumerate(data):  # by the texts themselves, pair by pair
+        keys_a, negs_a = {a.query, *a.pos}, set(a.neg) - {a.query, *a.pos}
+        hit = False
+        for j, b in enumerate(data):
+            if j != i:
+                keys_b, negs_b = {b.query, *b.pos}, set(b.neg) - {b.query, *b.pos}
+                hit |= bool(keys_a & keys_b or keys_a & negs_b or negs_a & keys_b)
+        want.append(hit)
+    assert got.tolist() == want and 0 < sum(want) < len(want)
+
+
+def test_quantile_boundaries_and_cell_order_in_chunks_equal_the_whole_array_versions():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 40, 1001) * 7
+    s = np.sort(keys)
+    for buckets in (1, 3, 8, 2000):
+        want = []
+        for k in range(1, buckets):  # the plain definition: the key at each quantile of the sorted keys
+            edge = s[k * len(s) // buckets - 1].item()
+            if (not want or edge > want[-1]) and edge < s[-1]:
+                want.append(edge)
+        assert quantile_boundaries(keys, buckets, chunk=97) == want
+    cells = rng.integers(0, 5, 1001)
+    order, starts = stable_cell_order(lambda lo, hi: cells[lo:hi], len(cells), 6, np.int32, chunk=64)
+    assert order.tolist() == np.argsort(cells, kind="stable").tolist() and order.dtype == np.int32
+    assert starts.tolist() == [0, *np.cumsum(np.bincount(cells, minlength=6)).tolist()]
