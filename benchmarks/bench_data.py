@@ -172,6 +172,29 @@ def startup_profile(corpus_dir: str, batch_size: int) -> list[tuple[str, float, 
     return steps
 
 
+def planner_with_duplicates(n: int, shared: float, batch_size: int) -> dict:
+    """The planner alone on synthetic arrays of n rows (query + positive hashes, corpus-like length keys) where a
+    fraction `shared` of the rows repeats another row's query: the cost of the duplicate check when it has work
+    (the synthetic corpus above has none). -> seconds for rows_that_can_collide, the sampler, the plan of epoch 0."""
+    from data.bucket_sampler import BucketBatchSampler, EncodedKeys, TextIds, rows_that_can_collide
+
+    rng = np.random.default_rng(0)
+    keys = (-(-rng.integers(42, 103, n) // 8) * 8 << 32) | rng.integers(8, 17, n)
+    hashes = rng.integers(0, 2**63, (n, 2)).astype(np.uint64)  # per row: query, positive
+    dup = rng.choice(n, int(n * shared), replace=False)
+    hashes[dup, 0] = hashes[rng.integers(0, n, len(dup)), 0]  # these rows repeat a random row's query
+    ids = TextIds(np.arange(0, 2 * n + 1, 2, dtype=np.int64), hashes.reshape(-1), np.zeros(n + 1, np.int64),
+                  np.zeros(0, np.uint64))
+    out, t = {"rows": n, "shared": shared}, time.perf_counter()
+    ids.can_collide = rows_that_can_collide(ids.key_offsets, ids.key_hashes, ids.neg_offsets, ids.neg_hashes)
+    out["can_collide_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
+    sampler = BucketBatchSampler(n, batch_size, seed=0, length_keys=EncodedKeys(keys, pairs=True), text_ids=ids)
+    out["sampler_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
+    plan = sampler.plan(0)
+    out.update(plan_s=round(time.perf_counter() - t, 2), flagged=int(ids.can_collide.sum()), deferred=plan.deferred)
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -184,7 +207,14 @@ def main(argv=None) -> dict:
     p.add_argument("--num-proc", type=int, default=2, help="prepare's processes")
     p.add_argument("--keep", action="store_true", help="keep corpora between runs (reused when present)")
     p.add_argument("--profile-startup", metavar="DIR", help="only profile the data start-up on prepared corpus DIR")
+    p.add_argument("--planner-duplicates", type=float, nargs="+", metavar="SHARE",
+                   help="only time the planner on --sizes rows of synthetic arrays with this share of repeated queries")
     a = p.parse_args(argv)
+    if a.planner_duplicates:
+        for n in a.sizes:
+            for share in a.planner_duplicates:
+                print(json.dumps(planner_with_duplicates(n, share, a.batch_size)), flush=True)
+        return {}
     if a.profile_startup:
         print(json.dumps(startup_profile(a.profile_startup, a.batch_size)))
         return {}
