@@ -226,18 +226,40 @@ def summarize(rows: list[dict], results: dict[str, list[dict]], base: dict) -> l
     return table
 
 
+def versus_base(entry: dict, base: float, key: str = "korsts_test") -> str:
+    """Δ = the row's mean minus the base's, judged against the row's seed spread (std): 'beats base' only when
+    Δ > std, 'worse than base' when Δ < −std, else 'within spread'; one seed has no spread to judge by."""
+    mean, std = entry[key]
+    if mean is None:
+        return "failed"
+    delta = mean - base
+    shown = f"{delta:+.4f}".replace("-", "−")
+    if std is None:
+        return f"{shown} (1 seed: no spread)"
+    if delta > std:
+        return f"{shown}: beats base"
+    if delta < -std:
+        return f"{shown}: worse than base"
+    return f"{shown}: within spread"
+
+
 def markdown(table: list[dict], machine: str, sizes: str) -> str:
     def cell(mean, std):
         if mean is None:
             return "failed"
         return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
+    base = table[0]["korsts_test"][0]
     lines = [f"Measured by `python -m scripts.reproduce` ({sizes}) on {machine}.", "",
-             "| step | row | seeds | " + " | ".join(label for _, label in METRICS) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
-    for e in table:
+             "| step | row | seeds | " + " | ".join(label for _, label in METRICS) + " | KorSTS Δ vs base |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 1)]
+    for i, e in enumerate(table):
         label = e["label"] + "".join(f" (failed: `{log}`)" for log in e["failed"])
-        lines.append(f"| {e['step']} | {label} | {e['n']} | " + " | ".join(cell(*e[k]) for k, _ in METRICS) + " |")
+        lines.append(f"| {e['step']} | {label} | {e['n']} | " + " | ".join(cell(*e[k]) for k, _ in METRICS)
+                     + f" | {'–' if i == 0 else versus_base(e, base)} |")
+    lines += ["", "± is the std over seeds. KorSTS Δ vs base: the row's mean KorSTS test ρ minus the base model's; "
+              "\"beats base\" only when Δ is larger than the row's seed std, \"worse than base\" when Δ < −std, "
+              "otherwise \"within spread\" (not distinguishable from the base at this grid's sizes)."]
     return "\n".join(lines) + "\n"
 
 

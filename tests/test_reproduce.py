@@ -78,3 +78,23 @@ def test_failed_run_is_reported_others_finish_and_reruns_skip(tmp_path):
     assert again.returncode == 0
     assert json.loads((runs / "1-good" / "seed0" / "result.json").read_text()) == good_result  # same seconds
     assert json.loads((runs / "1-bad" / "seed0" / "result.json").read_text()) != bad_result  # timed anew
+
+
+def test_table_says_which_rows_beat_the_base_by_more_than_their_seed_spread():
+    from scripts.reproduce import markdown, versus_base
+
+    def row(label, korsts, n="3"):
+        return {"step": "1", "label": label, "n": n, "failed": [], "korsts_test": korsts,
+                "kornli_dev": (0.3, 0.01), "stsb_test": (0.8, 0.01)}
+
+    base = {**row("base", (0.40, None), "–"), "step": "0"}
+    assert versus_base(row("a", (0.50, 0.04)), 0.40) == "+0.1000: beats base"
+    assert versus_base(row("b", (0.43, 0.033)), 0.40) == "+0.0300: within spread"
+    assert versus_base(row("c", (0.39, 0.087)), 0.40) == "−0.0100: within spread"
+    assert versus_base(row("d", (0.30, 0.02)), 0.40) == "−0.1000: worse than base"
+    assert versus_base(row("e", (0.45, None), "1"), 0.40) == "+0.0500 (1 seed: no spread)"
+    assert versus_base(row("f", (None, None), "0"), 0.40) == "failed"
+    table = markdown([base, row("good", (0.50, 0.04)), row("softmax", (0.35, 0.02))], "a CPU", "sizes")
+    assert "| 0 | base | – | 0.4000 | 0.3000 ± 0.0100 | 0.8000 ± 0.0100 | – |" in table
+    assert "| 1 | good | 3 | 0.5000 ± 0.0400 | 0.3000 ± 0.0100 | 0.8000 ± 0.0100 | +0.1000: beats base |" in table
+    assert "| softmax | 3 | 0.3500 ± 0.0200 |" in table and "−0.0500: worse than base |" in table
