@@ -74,10 +74,14 @@ def test_failed_run_is_reported_others_finish_and_reruns_skip(tmp_path):
     assert "| 1 | bad (failed: `" in table and "| 1 | good | 1 |" in table
     assert (tmp_path / "table" / "reproduce.png").stat().st_size > 0
 
+    # mark both results: a run that is skipped keeps the mark, a run tried again writes a new result without it
+    for name, result in (("1-good", good_result), ("1-bad", bad_result)):
+        (runs / name / "seed0" / "result.json").write_text(json.dumps({**result, "mark": 1}))
     again = reproduce(*args)  # the good run is skipped, the failed one is tried again
     assert again.returncode == 0
-    assert json.loads((runs / "1-good" / "seed0" / "result.json").read_text()) == good_result  # same seconds
-    assert json.loads((runs / "1-bad" / "seed0" / "result.json").read_text()) != bad_result  # timed anew
+    assert json.loads((runs / "1-good" / "seed0" / "result.json").read_text()) == {**good_result, "mark": 1}
+    rerun = json.loads((runs / "1-bad" / "seed0" / "result.json").read_text())
+    assert "mark" not in rerun and not rerun["ok"] and rerun["error"] == bad_result["error"]
 
 
 def test_table_says_which_rows_beat_the_base_by_more_than_their_seed_spread():
