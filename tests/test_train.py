@@ -1,8 +1,11 @@
-"""train.py end to end on one process: the loss goes down on our sample data, the saved folder loads in
-sentence-transformers with the same embeddings, checkpoints rotate, configs parse, bad settings stop early."""
+"""train.py end to end on one process: the loss goes down on our sample data (and softmax learns NLI classes), the
+saved folder loads in sentence-transformers with the same embeddings, checkpoints rotate, configs parse, bad settings
+stop early."""
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
@@ -76,15 +79,14 @@ def _write_learnable_nli(path: Path, rows: int = 600) -> None:
     """NLI pairs whose label is in the words, all six words long (so length buckets do not sort them by class):
     entailment repeats sentence 1 in another order, contradiction puts 'never' in place of its last word, neutral
     pairs it with another random sentence (words written for this test)."""
-    import random
-
     rng = random.Random(0)
     words = "river stone garden window lamp bread violin harbour meadow ladder kettle forest".split()
     lines = ["sentence1\tsentence2\tgold_label"]
     for i in range(rows):
         s1 = rng.sample(words, 6)
         label = ("entailment", "neutral", "contradiction")[i % 3]
-        s2 = {"entailment": rng.sample(s1, 6), "neutral": rng.sample(words, 6), "contradiction": ["never", *s1[:-1]]}[label]
+        s2 = {"entailment": rng.sample(s1, 6), "neutral": rng.sample(words, 6),
+              "contradiction": ["never", *s1[:-1]]}[label]
         lines.append(f"{' '.join(s1)}\t{' '.join(s2)}\t{label}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -94,8 +96,6 @@ def test_softmax_nli_training_learns_the_classes(tiny_run, tmp_path):
     class is in the words its loss leaves chance (ln 3); with the head left out of the optimizer (the bug of
     sentence-transformers #2872) it does not. The reproduce grid's softmax row stays at chance on 5,010 KorNLI
     pairs, so this says that outcome is the data and schedule, not a head that cannot learn."""
-    import math
-
     data = tmp_path / "nli.tsv"
     _write_learnable_nli(data)
     out = str(tmp_path / "out")
