@@ -15,6 +15,7 @@ from cli_config import parse_config
 from losses import LOSS_NAMES
 from models.bi_encoder import BiEncoder
 from tests.helpers import REPO, minilm_path, train_args
+from tests.helpers import losses as logged_losses  # (the package `losses` is imported above)
 from train import TrainConfig, main
 
 SAMPLE = REPO / "data" / "sample"
@@ -99,10 +100,10 @@ def test_softmax_nli_training_learns_the_classes(tiny_run, tmp_path):
     data = tmp_path / "nli.tsv"
     _write_learnable_nli(data)
     out = str(tmp_path / "out")
-    result = main(parse_config(TrainConfig, train_args(tiny_run[0], str(data), out) + [
+    main(parse_config(TrainConfig, train_args(tiny_run[0], str(data), out) + [
         "--loss", "softmax", "--batch-size", "32", "--max-steps", "60", "--lr", "3e-3", "--warmup-ratio", "0.1"]))
-    losses = [h["loss"] for h in result["history"] if "loss" in h]
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    logged = logged_losses(out)
+    first, last = sum(logged[:5]) / 5, sum(logged[-5:]) / 5
     assert abs(first - math.log(3)) < 0.15, f"the first steps should be at chance: {first:.3f}"
     assert last < 0.6 * math.log(3), f"softmax loss did not leave chance: first 5 steps {first:.3f}, last 5 {last:.3f}"
 
