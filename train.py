@@ -196,7 +196,7 @@ def main(cfg: TrainConfig) -> dict:
         with accelerator.accumulate(model):
             # embed [B, D] + [B*G, D], gather to [W*B, D] + [W*B*G, D], loss, backward (in chunks with GradCache)
             loss = train_step(accelerator, model, loss_fn, batch, gather, cfg.grad_cache_chunk)
-            grad_norm = clip_gradients(accelerator, model, cfg.max_grad_norm)  # (DeepSpeed clipped inside its step)
+            grad_norm = clip_gradients(accelerator, [model, loss_fn], cfg.max_grad_norm)  # (DeepSpeed: in its step)
             if guard.update_is_finite(loss, grad_norm, batch, step + 1):  # else the update is skipped
                 optimizer.step()
                 scheduler.step()

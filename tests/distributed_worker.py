@@ -7,6 +7,9 @@ reference: the same model, not distributed, on the whole global batch in one pie
 differences of the loss (mean of the two processes' losses) and of every parameter gradient (after DDP's
 averaging). The test asserts; this script only measures.
 
+Also the softmax loss, whose classifier head is a second module that DDP averages (as train.py prepares it): labelled
+pairs, half per process, against one process on every pair, the head's gradients compared with the encoder's.
+
 Also measured: FlagEmbedding's convention (a plain all_gather, where only the local slice carries gradient),
 which must come out wrong, so the comparison is known to be able to fail; the per-epoch batch count
 that the processes agree on when their data is uneven; and the start-up token lengths computed half per process.
@@ -125,6 +128,36 @@ def distributed_run(accelerator, base_model, loss_fn, batch, chunk, gather_fn=No
     return loss, {n: w.grad.clone() for n, w in unwrapped.named_parameters() if w.requires_grad}
 
 
+def softmax_pairs(batch: dict, world: int) -> dict:
+    """The global batch as W·B labelled sentence pairs (query i with passage i), the rows a softmax run gets."""
+    gen = torch.Generator().manual_seed(99)
+    return {"query": batch["query"], "passage": {k: v[:world * B] for k, v in batch["passage"].items()},
+            "labels": torch.randint(0, 3, (world * B,), generator=gen)}  # [W*B] NLI classes
+
+
+def softmax_case(accelerator, base: BiEncoder, pairs: dict, chunk: int) -> dict:
+    """Encoder and classifier prepared by accelerate (two DDP modules), B pairs per process, ± GradCache, against
+    one process on all W·B pairs; every gradient of both modules compared."""
+    head = build_loss("softmax", dim=base.dim)  # seeded by the caller: the same head on every process
+    ref_model, ref_head = copy.deepcopy(base).eval(), copy.deepcopy(head)
+    q, p = ref_model(query=pairs["query"], passage=pairs["passage"])  # [W*B, D] each
+    ref = ref_head(q, p, labels=pairs["labels"])
+    ref.backward()
+    ref_grads = {**{n: w.grad.clone() for n, w in ref_model.named_parameters() if w.requires_grad},
+                 **{"loss." + n: w.grad.clone() for n, w in ref_head.named_parameters()}}
+    model, loss_fn = accelerator.prepare(copy.deepcopy(base), copy.deepcopy(head))
+    model.eval()
+    rows = slice(accelerator.process_index * B, (accelerator.process_index + 1) * B)
+    local = {"query": {k: v[rows] for k, v in pairs["query"].items()},
+             "passage": {k: v[rows] for k, v in pairs["passage"].items()}, "labels": pairs["labels"][rows]}
+    loss = train_step(accelerator, model, loss_fn, local, gather=False, grad_cache_chunk=chunk).clone()
+    dist.all_reduce(loss)
+    grads = {**{n: w.grad.clone() for n, w in accelerator.unwrap_model(model).named_parameters() if w.requires_grad},
+             **{"loss." + n: w.grad.clone() for n, w in accelerator.unwrap_model(loss_fn).named_parameters()}}
+    return {**max_diffs(loss.item() / accelerator.num_processes, grads, ref.item(), ref_grads),
+            "head_grad_max_abs": ref_head.classifier.weight.grad.abs().max().item()}
+
+
 def flagembedding_gather(x: torch.Tensor) -> torch.Tensor:
     """all_gather without autograd, own slice swapped back in: gradient flows only through local rows."""
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
@@ -152,6 +185,10 @@ def main(out_path: str) -> None:
         if case == "infonce":
             loss, grads = distributed_run(accelerator, base, loss_fn, batch, 0, gather_fn=flagembedding_gather)
             results["flagembedding_infonce"] = max_diffs(loss, grads, ref_loss, ref_grads)
+    pairs = softmax_pairs(batch, world)
+    for chunk in (0, 2):  # GradCache chunks of 2 over 3 pairs per process
+        torch.manual_seed(7)
+        results["cases"][f"softmax/{'grad_cache' if chunk else 'plain'}"] = softmax_case(accelerator, base, pairs, chunk)
     results["length_keys_match"] = sharded_length_keys_match(rank)
     results["common_batch_count"] = common_batch_count(5 if rank == 0 else 3)
     counts = [None] * world

@@ -39,6 +39,18 @@ def test_two_processes_match_one_process_on_the_global_batch(exactness, case):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.parametrize("mode", ["plain", "grad_cache"])
+def test_softmax_classifier_and_encoder_on_two_processes_match_one_process(exactness, mode):
+    """softmax: the classifier head is a second DDP module (train.py prepares it beside the encoder); with half the
+    labelled pairs per process, the loss and every gradient of both (the head's under "loss.") equal one process's
+    on all pairs, ± GradCache."""
+    r = exactness["cases"][f"softmax/{mode}"]
+    assert r["head_grad_max_abs"] > 1e-3, r  # the head gets a real gradient to compare
+    assert r["loss_diff"] <= 1e-5 * max(1.0, abs(r["ref_loss"])), r
+    assert r["grads_close"], r
+
+
+@pytest.mark.multiprocess
 def test_flagembedding_convention_would_be_caught(exactness):
     """A plain all_gather (gradient through local rows only) gives the same loss but wrong gradients: the
     comparison above can fail."""

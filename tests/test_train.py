@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cli_config import parse_config
 from losses import LOSS_NAMES
@@ -106,6 +107,29 @@ def test_softmax_nli_training_learns_the_classes(tiny_run, tmp_path):
     first, last = sum(logged[:5]) / 5, sum(logged[-5:]) / 5
     assert abs(first - math.log(3)) < 0.15, f"the first steps should be at chance: {first:.3f}"
     assert last < 0.6 * math.log(3), f"softmax loss did not leave chance: first 5 steps {first:.3f}, last 5 {last:.3f}"
+
+
+def test_clipping_covers_the_softmax_classifier_too(tiny_run, tmp_path):
+    """--max-grad-norm bounds the norm of every gradient the optimizer steps with, the softmax classifier's among
+    them (sentence-transformers' fit clips its whole loss model), not only the encoder's: each step's total norm
+    over the optimizer's parameters, read just before AdamW applies it, is at most the limit."""
+    data = tmp_path / "nli.tsv"
+    _write_learnable_nli(data, rows=96)
+    limit, seen = 0.05, []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append((len(grads), torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads])).item()))
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        main(parse_config(TrainConfig, train_args(tiny_run[0], str(data), str(tmp_path / "out")) + [
+            "--loss", "softmax", "--batch-size", "16", "--max-steps", "6", "--max-grad-norm", str(limit)]))
+    finally:
+        handle.remove()
+    model_tensors = sum(1 for p in BiEncoder.from_pretrained(tiny_run[0]).parameters() if p.requires_grad)
+    assert len(seen) == 6 and all(n == model_tensors + 2 for n, _ in seen), seen  # + the classifier's weight, bias
+    assert max(norm for _, norm in seen) > 0.99 * limit, seen  # clipping was needed: the raw norms exceeded it
+    assert all(norm <= limit * (1 + 1e-4) for _, norm in seen), f"a step's gradient norm exceeds {limit}: {seen}"
 
 
 def test_bad_settings_stop_before_training(tiny_run, tmp_path):

@@ -126,17 +126,18 @@ class StepGuard:
         return f"The last checkpoint is {found[-1][1]} (step {found[-1][0]}; --resume-from-checkpoint latest)."
 
 
-def clip_gradients(accelerator, model, max_grad_norm: float):
-    """At an accumulation boundary: clip to max_grad_norm (0 = no clipping) and return the total gradient norm
-    before clipping; None between boundaries. Under DeepSpeed, the norm of the step the engine just took (it clips
-    inside its step)."""
+def clip_gradients(accelerator, modules: list, max_grad_norm: float):
+    """At an accumulation boundary: clip the gradients of every trained module together (the encoder and a loss's
+    own head, e.g. softmax's classifier, as sentence-transformers' fit clips its loss model) to max_grad_norm
+    (0 = no clipping) and return their total norm before clipping; None between boundaries. Under DeepSpeed, the
+    norm of the step the engine just took (it clips inside its step; losses with parameters are refused there)."""
     if not accelerator.sync_gradients:
         return None
+    parameters = [p for m in modules for p in m.parameters()]
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        return accelerator.clip_grad_norm_(parameters, max_grad_norm)
     if max_grad_norm > 0:
-        return accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        return accelerator.clip_grad_norm_(parameters, max_grad_norm)
     accelerator.unscale_gradients()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else None
-
