@@ -7,8 +7,8 @@ reference: the same model, not distributed, on the whole global batch in one pie
 differences of the loss (mean of the two processes' losses) and of every parameter gradient (after DDP's
 averaging). The test asserts; this script only measures.
 
-Also the softmax loss, whose classifier head is a second module that DDP averages (as train.py prepares it): labelled
-pairs, half per process, against one process on every pair, the head's gradients compared with the encoder's.
+Also the softmax loss, whose classifier head is a second module that DDP averages (train.py prepares it so):
+labelled pairs, half per process, against one process on every pair; the head's gradients are compared too.
 
 Also measured: FlagEmbedding's convention (a plain all_gather, where only the local slice carries gradient),
 which must come out wrong, so the comparison is known to be able to fail; the per-epoch batch count
@@ -188,7 +188,8 @@ def main(out_path: str) -> None:
     pairs = softmax_pairs(batch, world)
     for chunk in (0, 2):  # GradCache chunks of 2 over 3 pairs per process
         torch.manual_seed(7)
-        results["cases"][f"softmax/{'grad_cache' if chunk else 'plain'}"] = softmax_case(accelerator, base, pairs, chunk)
+        mode = "grad_cache" if chunk else "plain"
+        results["cases"][f"softmax/{mode}"] = softmax_case(accelerator, base, pairs, chunk)
     results["length_keys_match"] = sharded_length_keys_match(rank)
     results["common_batch_count"] = common_batch_count(5 if rank == 0 else 3)
     counts = [None] * world
