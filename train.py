@@ -193,7 +193,7 @@ def main(cfg: TrainConfig) -> dict:
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
     for epoch, index, batch in micro_batches(cfg, dataset, sampler, loader, start, batches_per_epoch, accelerator):
-        with accelerator.accumulate(model):
+        with accelerator.accumulate(model, loss_fn):  # loss_fn too: softmax's classifier is a DDP module of its own
             # embed [B, D] + [B*G, D], gather to [W*B, D] + [W*B*G, D], loss, backward (in chunks with GradCache)
             loss = train_step(accelerator, model, loss_fn, batch, gather, cfg.grad_cache_chunk)
             grad_norm = clip_gradients(accelerator, [model, loss_fn], cfg.max_grad_norm)  # (DeepSpeed: in its step)

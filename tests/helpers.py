@@ -77,6 +77,22 @@ def train_args(model_dir: str, data: str, out: str, *extra: str) -> list[str]:
             "--output-dir", out, *extra]
 
 
+def write_learnable_nli(path: Path, rows: int = 600) -> None:
+    """NLI pairs whose label is in the words, all six words long (so length buckets do not sort them by class):
+    entailment repeats sentence 1 in another order, contradiction puts 'never' in place of its last word, neutral
+    pairs it with another random sentence (words written for this test)."""
+    rng = random.Random(0)
+    words = "river stone garden window lamp bread violin harbour meadow ladder kettle forest".split()
+    lines = ["sentence1\tsentence2\tgold_label"]
+    for i in range(rows):
+        s1 = rng.sample(words, 6)
+        label = ("entailment", "neutral", "contradiction")[i % 3]
+        s2 = {"entailment": rng.sample(s1, 6), "neutral": rng.sample(words, 6),
+              "contradiction": ["never", *s1[:-1]]}[label]
+        lines.append(f"{' '.join(s1)}\t{' '.join(s2)}\t{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def losses(out: str) -> list[float]:
     """The logged training losses of a finished run in folder `out`."""
     with open(os.path.join(out, "train_log.json"), encoding="utf-8") as f:

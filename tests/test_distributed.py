@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from tests.helpers import REPO, losses, subprocess_env, torchrun, train_args
+from tests.helpers import REPO, losses, subprocess_env, torchrun, train_args, write_learnable_nli
 CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_m3", "infonce_tiled", "gte_tiled",
                                        "distill_m3_tiled") for mode in ("plain", "grad_cache")]
 
@@ -81,6 +81,24 @@ def ddp_run(tiny_run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp") / "out")
     torchrun(["train.py", *train_args(*tiny_run, out)])
     return out
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_softmax_classifier_syncs_once_per_optimizer_step_under_accumulation(tiny_run, tmp_path, chunk):
+    """train.py with --loss softmax, 2 processes, 2 micro-batches per step (± GradCache): the classifier's DDP module
+    all-reduces at the accumulation boundary only, as the encoder does (accelerate's no_sync), not every micro-batch;
+    the gradient is the same either way, the second all-reduce is wasted traffic."""
+    data = tmp_path / "nli.tsv"
+    write_learnable_nli(data, rows=96)
+    counts = str(tmp_path / "syncs")
+    torchrun(["-m", "tests.head_sync_worker", counts, *train_args(tiny_run[0], str(data), str(tmp_path / "out")),
+              "--loss", "softmax", "--batch-size", "4", "--max-steps", "3", "--gradient-accumulation-steps", "2",
+              "--grad-cache-chunk", str(chunk)])
+    for rank in (0, 1):
+        seen = json.load(open(f"{counts}.{rank}", encoding="utf-8"))
+        assert seen["steps"] == 3, seen  # 6 micro-batches
+        assert seen["syncs"] == 3, f"rank {rank}: the classifier all-reduced {seen['syncs']} times in 3 steps"
 
 
 @pytest.mark.multiprocess

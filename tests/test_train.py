@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from cli_config import parse_config
 from losses import LOSS_NAMES
 from models.bi_encoder import BiEncoder
-from tests.helpers import REPO, minilm_path, train_args
+from tests.helpers import REPO, minilm_path, train_args, write_learnable_nli
 from tests.helpers import losses as logged_losses  # (the package `losses` is imported above)
 from train import TrainConfig, main
 
@@ -77,29 +76,13 @@ def test_saving_the_real_minilm_keeps_sentence_transformers_embeddings(tmp_path)
     assert (original - copy).abs().max().item() < 1e-5
 
 
-def _write_learnable_nli(path: Path, rows: int = 600) -> None:
-    """NLI pairs whose label is in the words, all six words long (so length buckets do not sort them by class):
-    entailment repeats sentence 1 in another order, contradiction puts 'never' in place of its last word, neutral
-    pairs it with another random sentence (words written for this test)."""
-    rng = random.Random(0)
-    words = "river stone garden window lamp bread violin harbour meadow ladder kettle forest".split()
-    lines = ["sentence1\tsentence2\tgold_label"]
-    for i in range(rows):
-        s1 = rng.sample(words, 6)
-        label = ("entailment", "neutral", "contradiction")[i % 3]
-        s2 = {"entailment": rng.sample(s1, 6), "neutral": rng.sample(words, 6),
-              "contradiction": ["never", *s1[:-1]]}[label]
-        lines.append(f"{' '.join(s1)}\t{' '.join(s2)}\t{label}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def test_softmax_nli_training_learns_the_classes(tiny_run, tmp_path):
     """The softmax path (classifier head in the optimizer, labels read from the NLI file) learns: on pairs whose
     class is in the words its loss leaves chance (ln 3); with the head left out of the optimizer (the bug of
     sentence-transformers #2872) it does not. The reproduce grid's softmax row stays at chance on 5,010 KorNLI
     pairs, so this says that outcome is the data and schedule, not a head that cannot learn."""
     data = tmp_path / "nli.tsv"
-    _write_learnable_nli(data)
+    write_learnable_nli(data)
     out = str(tmp_path / "out")
     main(parse_config(TrainConfig, train_args(tiny_run[0], str(data), out) + [
         "--loss", "softmax", "--batch-size", "32", "--max-steps", "60", "--lr", "3e-3", "--warmup-ratio", "0.1"]))
@@ -114,7 +97,7 @@ def test_clipping_covers_the_softmax_classifier_too(tiny_run, tmp_path):
     them (sentence-transformers' fit clips its whole loss model), not only the encoder's: each step's total norm
     over the optimizer's parameters, read just before AdamW applies it, is at most the limit."""
     data = tmp_path / "nli.tsv"
-    _write_learnable_nli(data, rows=96)
+    write_learnable_nli(data, rows=96)
     limit, seen = 0.05, []
 
     def record(optimizer, args, kwargs):
