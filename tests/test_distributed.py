@@ -88,7 +88,7 @@ def ddp_run(tiny_run, tmp_path_factory):
 def test_softmax_classifier_syncs_once_per_optimizer_step_under_accumulation(tiny_run, tmp_path, chunk):
     """train.py with --loss softmax, 2 processes, 2 micro-batches per step (± GradCache): the classifier's DDP module
     all-reduces at the accumulation boundary only, as the encoder does (accelerate's no_sync), not every micro-batch;
-    the gradient is the same either way, the second all-reduce is wasted traffic."""
+    the gradient is the same either way (up to rounding); the extra all-reduces are wasted traffic."""
     data = tmp_path / "nli.tsv"
     write_learnable_nli(data, rows=96)
     counts = str(tmp_path / "syncs")
