@@ -249,7 +249,7 @@ def main(argv=None) -> dict:
                 real = [len(x) for x in tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]]
                 assert counter(texts, max_len) == real, "WordTokens differs from the tokenizer on this corpus"
         t = time.perf_counter()
-        manifest = prepare([data], model, corpus, num_proc=a.num_proc, count_tokens=counter,
+        manifest = prepare([data], model, corpus, num_proc=a.num_proc, count_tokens=counter, overwrite=True,
                            log=lambda m: print(m, flush=True))
         r["prepare_s"] = round(time.perf_counter() - t, 1)
         r["prepare_lengths"] = "tokenizer" if counter is None else "WordTokens (by construction)"

@@ -32,10 +32,12 @@ with their row counts and skipped rows, the shards and index files with their by
 fingerprint of its vocabulary and rules), the length settings, and a content digest (`examples_digest` of the rows,
 so a prepared corpus and the raw files it came from have the same digest).
 
-Safety: the folder is built as `<output>.partial/` and renamed into place once complete (manifest written last),
-so an interrupted prepare never leaves a folder that looks complete; the next run deletes the partial folder and
-starts over (a prepare that fails with an error removes it itself). An existing corpus at <output> is replaced only
-after the new one is complete: a failing prepare loses nothing. Re-running with the same inputs (paths, sizes,
+Safety (storage/folders.py): the folder is built in a temporary `.<output>.XXXX.partial/` beside it and renamed into
+place once complete (manifest written last), so an interrupted prepare never leaves a folder that looks complete;
+the next run deletes that staging folder and starts over (a prepare that fails with an error removes it itself).
+An existing --output is replaced only when it is a corpus this tool wrote, holding nothing else, and --overwrite is
+given, and only after the new one is complete: a failing prepare loses nothing. Any other existing folder, a file,
+or an output that is or holds an input is refused before any work. Re-running with the same inputs (paths, sizes,
 modification times) and settings is a no-op.
 train.py refuses a corpus whose shards do not match the manifest (missing, truncated or extra shard), or that was
 made with another tokenizer, prompts or max lengths than the run uses (the differences are named).
@@ -55,6 +57,7 @@ import numpy as np
 from data.bucket_sampler import EncodedKeys, TextIds
 from data.examples import DataError, LoadReport, iter_examples
 from data.sampler_inputs import passage_key, row_text_hashes, token_counts
+from storage.folders import OutputError, check_not_inside, check_output_folder, lies_inside, staged_folder
 
 FORMAT = "prepared-training-corpus/2"  # /2: the index/ arrays
 MANIFEST = "manifest.json"
@@ -62,6 +65,7 @@ SHARDS = "shards"
 INDEX = "index"
 ROWS_PER_BATCH = 1000  # rows per Arrow record batch
 PREPARE_HINT_ROWS = 200_000  # raw inputs at least this big get a hint to prepare them
+PREPARE_TOOL = "scripts.prepare_data"  # the name in the folder's .written_by.json (storage/folders.py)
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -94,6 +98,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def is_prepared(path: str) -> bool:
     """A prepared corpus folder (has a manifest), or one left half-written by an interrupted prepare."""
     return os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isdir(os.path.join(path, SHARDS))
+
+
+def _is_corpus_folder(path: str) -> bool:
+    """A prepared corpus written before folders carried a .written_by.json marker: its manifest says so."""
+    try:
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+            return str(json.load(f).get("format", "")).startswith("prepared-training-corpus/")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_manifest(path: str) -> dict:
@@ -209,13 +222,15 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
             passage_max_len: int = 256, query_prompt: str | None = None, passage_prompt: str | None = None,
             pair_kind: str | None = None, score_max: float = 5.0, skip_bad_rows: bool = False,
             pretokenize: bool = False, num_proc: int = 1, rows_per_shard: int = 1_000_000, progress: bool = True,
-            count_tokens=None, log=print) -> dict:
+            count_tokens=None, overwrite: bool = False, log=print) -> dict:
     """Write a prepared corpus of `inputs` (any format load_examples reads) to `output`; -> its manifest.
 
     Lengths are those of tokenizer_path's tokenizer for these max lengths (train.py's defaults) and prompts (None =
     the model folder's saved prompts) — as train.py's --model and flags set them. pair_kind: None = query/passage groups (contrastive losses), "nli" / "scored" =
     labelled pairs (softmax / cosine loss). Rows are streamed (never all in memory, except an NLI file being turned
-    into groups); the token-length pass runs in num_proc processes.
+    into groups); the token-length pass runs in num_proc processes. An existing `output` is replaced only when it
+    is a corpus this tool wrote, holding nothing else, and overwrite=True (storage/folders.py); anything else there
+    is refused before any work (OutputError), never deleted.
     """
     import dataclasses
 
@@ -244,39 +259,31 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
             verify_shards(output, old)
             log(f"{output}: already prepared from the same inputs and settings ({old['rows']} rows); nothing to do")
             return old
-    staging = output + ".partial"
-    if os.path.exists(staging):
-        log(f"{staging}: left by an interrupted prepare; starting over")
-        shutil.rmtree(staging)
-    os.makedirs(os.path.join(staging, "rows"))
+    # before any work: the output may not hold an input, be inside one, or be a folder this tool did not write
+    check_not_inside(output, [("the input", p) for p in inputs] + [("the tokenizer folder", tokenizer_path)])
+    for p in inputs:
+        if os.path.exists(p) and lies_inside(p, output):
+            raise OutputError(f"--output {output}: holds the input {p}, which replacing the folder would delete; "
+                              "choose another output folder")
+    folder_rule = dict(overwrite=overwrite, recognise=_is_corpus_folder, own_entries=(MANIFEST, SHARDS, INDEX))
+    check_output_folder(output, PREPARE_TOOL, **folder_rule)
     started = time.time()
-    try:
+    with staged_folder(output, PREPARE_TOOL, **folder_rule, log=log) as staging:  # renamed to output once complete
+        os.makedirs(os.path.join(staging, "rows"))
         rows_per_source, digest, shards, index, report = _build(inputs, tokenizer_path, staging, settings, pair_kind,
                                                          score_max, skip_bad_rows, pretokenize, num_proc,
                                                          rows_per_shard, progress, count_tokens)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # a failed prepare leaves nothing (a killed one: .partial)
-        raise
-
-    # 3. manifest last, then into place
-    manifest = {
-        "format": FORMAT, "request": request, "rows": int(sum(rows_per_source)), "content_digest": digest,
-        "sources": [{"path": p, "rows": int(n)} for p, n in zip(inputs, rows_per_source)],
-        "skipped_rows": dict(report.skipped), "notes": report.notes, "shards": shards, "index": index,
-        "tokenizer": {"path": tokenizer_path, "fingerprint": settings.tokenizer},
-        "settings": dataclasses.asdict(settings), "pair_kind": pair_kind, "score_max": score_max,
-        "pretokenize": pretokenize, "seconds": round(time.time() - started, 1),
-    }
-    with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, ensure_ascii=False)
-    old = output + ".old"
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    if os.path.exists(output):
-        os.replace(output, old)
-    os.replace(staging, output)
-    if os.path.exists(old):
-        shutil.rmtree(old)
+        # 3. manifest last
+        manifest = {
+            "format": FORMAT, "request": request, "rows": int(sum(rows_per_source)), "content_digest": digest,
+            "sources": [{"path": p, "rows": int(n)} for p, n in zip(inputs, rows_per_source)],
+            "skipped_rows": dict(report.skipped), "notes": report.notes, "shards": shards, "index": index,
+            "tokenizer": {"path": tokenizer_path, "fingerprint": settings.tokenizer},
+            "settings": dataclasses.asdict(settings), "pair_kind": pair_kind, "score_max": score_max,
+            "pretokenize": pretokenize, "seconds": round(time.time() - started, 1),
+        }
+        with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, ensure_ascii=False)
     log(f"{output}: {manifest['rows']} rows from {len(inputs)} source(s) in {len(shards)} shard(s), "
         f"{sum(s['bytes'] for s in shards) / 2**20:.0f} MiB, {manifest['seconds']:.0f}s" +
         (f"; {sum(report.skipped.values())} rows skipped" if report.skipped else ""))

@@ -10,7 +10,8 @@ in the manifest), streamed, and annotated in --num-proc processes with the token
 (for --tokenizer with the max lengths and prompts train.py will use — give it train.py's --model and the same
 flags) and 64-bit hashes of the texts for in-batch dedup. The folder is complete or absent: it is built beside
 the output and renamed into place, an interrupted run starts over, a failed run leaves an existing corpus as it
-was, and re-running with unchanged inputs does nothing. The format: data/prepared.py.
+was, and re-running with unchanged inputs does nothing. An existing corpus is replaced only with --overwrite;
+any other existing folder or file at --output is refused, never deleted. The format: data/prepared.py.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import sys
 
 from data.examples import DataError
 from data.prepared import prepare
+from storage.folders import OutputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretokenize", action="store_true",
                    help="also store token ids, so DataLoader workers only pad (more disk, less CPU per step)")
     p.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="processes for the token-length pass")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a corpus this tool wrote earlier at --output (other folders are never replaced)")
     p.add_argument("--rows-per-shard", type=int, default=1_000_000,
                    help="rows per shard before the --num-proc split (each shard is split num-proc ways)")
     return p.parse_args(argv)
@@ -51,9 +55,11 @@ def main(argv=None) -> dict:
                        passage_max_len=a.passage_max_len, query_prompt=a.query_prompt,
                        passage_prompt=a.passage_prompt, pair_kind=a.pair_kind, score_max=a.score_max,
                        skip_bad_rows=a.skip_bad_rows, pretokenize=a.pretokenize, num_proc=a.num_proc,
-                       rows_per_shard=a.rows_per_shard)
+                       rows_per_shard=a.rows_per_shard, overwrite=a.overwrite)
     except DataError as e:
         sys.exit(f"data error: {e}")
+    except OutputError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from data.train_sampler import build_prepared_sampler, build_train_sampler
 from data.sampler_inputs import length_keys, text_ids
 from models.bi_encoder import EncoderSettings
 from scripts import prepare_data
+from storage.folders import OutputError
 from tests.helpers import make_tiny_run_files, minilm_path
 
 SETTINGS = EncoderSettings(query_max_len=16, passage_max_len=24)
@@ -178,18 +179,23 @@ def test_rerun_is_a_no_op_and_an_interrupted_prepare_starts_over(run, tmp_path):
     again = prepare(inputs, model, out, progress=False, log=messages.append)
     assert again == first and os.stat(os.path.join(out, "manifest.json")).st_mtime_ns == stamp
     assert "nothing to do" in messages[-1]
-    # another setting is not a no-op
-    prepare(inputs, model, out, passage_prompt="passage: ", progress=False, log=messages.append)
+    # another setting is not a no-op, and replaces the earlier corpus only when asked to
+    with pytest.raises(OutputError, match="holds an earlier output of scripts.prepare_data .*pass --overwrite"):
+        prepare(inputs, model, out, passage_prompt="passage: ", progress=False, log=messages.append)
+    prepare(inputs, model, out, passage_prompt="passage: ", overwrite=True, progress=False, log=messages.append)
     assert PreparedCorpus(out).manifest["settings"]["passage_prompt"] == "passage: "
-    # a half-written folder from a killed run: removed, then a clean start
-    os.makedirs(out + ".partial/shards")
-    open(out + ".partial/shards/shard-00000.arrow", "wb").write(b"half")
-    prepare(inputs, model, out, progress=False, log=messages.append)
-    assert not os.path.exists(out + ".partial") and "starting over" in " ".join(messages)
+    # a half-written staging folder from a killed run: removed, then a clean start
+    staging = str(tmp_path / ".c.killed.partial")
+    os.makedirs(staging + "/shards")
+    open(staging + "/shards/shard-00000.arrow", "wb").write(b"half")
+    json.dump({"tool": "scripts.prepare_data", "entries": [], "staging_for": "c"}, open(staging + "/.written_by.json", "w"))
+    prepare(inputs, model, out, overwrite=True, progress=False, log=messages.append)
+    assert not os.path.exists(staging) and "starting over" in " ".join(messages)
+    assert sorted(os.listdir(tmp_path)) == ["c"]  # no staging or replaced folder left beside it
     # the partial folder never looks complete to train.py
-    os.makedirs(out + ".partial/shards")
+    os.makedirs(staging + "/shards")
     with pytest.raises(DataError, match="no manifest.json: not a complete prepared corpus"):
-        PreparedCorpus(out + ".partial")
+        PreparedCorpus(staging)
 
 
 def test_bad_rows_are_named_like_train_py_names_them_and_skipped_rows_are_counted(run, tmp_path):
@@ -202,7 +208,7 @@ def test_bad_rows_are_named_like_train_py_names_them_and_skipped_rows_are_counte
         prepare([bad], model, str(tmp_path / "c"), **QUIET)
     assert str(prepared_error.value) == str(raw_error.value) == (
         f"{bad}:2: field 'pos' must be a list of non-empty strings, got \"p2\"")
-    assert not os.path.exists(tmp_path / "c") and not os.path.exists(tmp_path / "c.partial")
+    assert os.listdir(tmp_path) == ["bad.jsonl"]  # no corpus and no staging folder left
     manifest = prepare([bad], model, str(tmp_path / "c"), skip_bad_rows=True, **QUIET)
     assert manifest["rows"] == 2 and manifest["sources"][0]["rows"] == 2
     assert sum(manifest["skipped_rows"].values()) == 2
@@ -232,7 +238,7 @@ def test_a_failed_prepare_loses_nothing_already_prepared(run, tmp_path):
     good = prepare(inputs, model, out, **QUIET)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "q", "pos": ["p"]}, {"nonsense": 1}])
     with pytest.raises(DataError, match="bad.jsonl:2: cannot tell the row's format"):
-        prepare([bad], model, out, **QUIET)
+        prepare([bad], model, out, overwrite=True, **QUIET)
     corpus = PreparedCorpus(out)
     assert corpus.manifest == good and len(corpus) == good["rows"]
 
