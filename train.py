@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cli_config import parse_config
+from cli_config import option_name, parse_config
 from data.bucket_sampler import check_sampler_options
 from data.collator import Collator
 from data.examples import DataError, check_data_path, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
@@ -33,8 +33,8 @@ from losses.tiled import DEFAULT_TILE, choose_tiling
 from models.bi_encoder import BiEncoder
 from models.pooling import POOLING_MODES
 from training.accelerator import build_accelerator, uses_deepspeed
-from training.checkpoint import (check_same_run, find_checkpoint, read_trainer_state, save_checkpoint, save_model,
-                                 write_run_record)
+from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
+                                 save_checkpoint, save_model, write_run_record)
 from training.deepspeed_config import load_deepspeed_config
 from training.even_steps import common_batch_count
 from training.log_window import LogWindow
@@ -135,6 +135,9 @@ class TrainConfig:
     save_total_limit: int = opt(2, "keep only the newest N checkpoints (0 = keep all)")
     resume_from_checkpoint: str = opt(None, "continue a run exactly (weights, optimizer, schedule, RNG, data "
                                             "position): a checkpoint-<step> folder, or 'latest' in --output-dir")
+    allow_inexact_resume: bool = opt(False, "resume even when a process's saved random state does not load (dropout "
+                                            "and other draws then differ from the uninterrupted run; refused "
+                                            "otherwise)")
     log_steps: int = opt(10, "log loss / lr / throughput every N steps")
     report_to: str = opt("tensorboard", "tensorboard | none (logs in --output-dir/runs)")
     eval_sts: str = opt(None, "STS file (sentence1, sentence2, score) for periodic Spearman evaluation")
@@ -184,12 +187,13 @@ def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ resume
     step, best, history, start = 0, -math.inf, [], (0, 0)  # start: (epoch, batch) of the first micro-batch
     if resume:  # weights, optimizer, schedule, RNG of every process, and the sampler's place
-        step, best, history, start = restore(accelerator, sampler, resume, resumed, batches_per_epoch)
+        step, best, history, start = restore(cfg, accelerator, sampler, resume, resumed, batches_per_epoch)
 
     # ------------------------------------------------------------------ loop
     window = LogWindow(accelerator, resumed["pending_losses"] if resume else [])
     # non-finite steps skipped (the same on every process), SIGTERM agreed at step boundaries: training/step_guard.py
-    guard = StepGuard(accelerator, model, cfg.max_bad_steps, cfg.output_dir, sources=lambda i: dataset.example(i).source)
+    guard = StepGuard(accelerator, model, cfg.max_bad_steps, cfg.output_dir, sources=lambda i: dataset.example(i).source,
+                      state=resumed.get("guard", {}) if resume else None)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     model.train()
     for epoch, index, batch in micro_batches(cfg, dataset, sampler, loader, start, batches_per_epoch, accelerator):
@@ -218,15 +222,18 @@ def main(cfg: TrainConfig) -> dict:
                 save_model(accelerator, model, os.path.join(cfg.output_dir, "best"))
         saved = None
         if cfg.save_steps and step < total_steps and (step % cfg.save_steps == 0 or guard.stop_requested):
-            saved = save_checkpoint(accelerator, model, cfg.output_dir, step, keep=cfg.save_total_limit, trainer_state={
-                "sampler": sampler.state_dict(batches_consumed=index + 1), "history": history,
-                "best": None if best == -math.inf else best, "pending_losses": window.pending(), "config": asdict(cfg)})
+            saved = save_checkpoint(accelerator, model, optimizer, cfg.output_dir, step, keep=cfg.save_total_limit,
+                                    trainer_state={"sampler": sampler.state_dict(batches_consumed=index + 1),
+                                                   "history": history, "best": None if best == -math.inf else best,
+                                                   "pending_losses": window.pending(), "guard": guard.state_dict(),
+                                                   "config": asdict(cfg)})
         if guard.stop_requested and step < total_steps:  # SIGTERM: exit 143 once the checkpoint is written
             guard.exit_after_sigterm(step, saved)
         if step >= total_steps:
             break
     progress.close()
     guard.close()
+    guard.check_trained(step)  # every step skipped, or the last --max-bad-steps: exit 1, no model written
 
     # ------------------------------------------------------------------ save
     save_model(accelerator, model, cfg.output_dir)
@@ -250,9 +257,12 @@ def find_resume(cfg: TrainConfig, log):
     return resume, resumed
 
 
-def restore(accelerator, sampler, resume: str, resumed: dict, batches_per_epoch: int):
+def restore(cfg: TrainConfig, accelerator, sampler, resume: str, resumed: dict, batches_per_epoch: int):
     """Load a checkpoint into the prepared objects and the sampler -> (step, best, history, (epoch, batch) to start)."""
-    accelerator.load_state(os.path.join(resume, "state"))  # weights, optimizer, schedule, RNG of every process
+    state = os.path.join(resume, "state")
+    check_random_states(accelerator, state, cfg.allow_inexact_resume)  # accelerate would skip bad ones silently
+    accelerator.load_state(state)  # weights, optimizer, schedule, RNG of every process
+    check_random_states(accelerator, state, cfg.allow_inexact_resume, restored=True)
     try:
         sampler.load_state_dict(resumed["sampler"])  # refuses other data / buckets / global batch
     except ValueError as e:
@@ -356,37 +366,39 @@ def check_options(cfg: TrainConfig) -> None:
         raise SystemExit("--model is required (a local folder or Hub id)")
     if not cfg.train_data:
         raise SystemExit("--train-data is required")
-    rules = [  # (option, value, allowed?, what it must be)
-        ("lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
-        ("temperature", cfg.temperature, cfg.temperature is None or (math.isfinite(cfg.temperature)
-                                                                      and cfg.temperature > 0), "a finite number > 0"),
-        ("teacher_temperature", cfg.teacher_temperature, math.isfinite(cfg.teacher_temperature)
-         and cfg.teacher_temperature > 0, "a finite number > 0"),
-        ("score_max", cfg.score_max, math.isfinite(cfg.score_max) and cfg.score_max > 0, "a finite number > 0"),
-        ("distill_weight", cfg.distill_weight, math.isfinite(cfg.distill_weight) and cfg.distill_weight >= 0,
-         "a finite number ≥ 0"),
-        ("weight_decay", cfg.weight_decay, math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
-         "a finite number ≥ 0"),
-        ("max_grad_norm", cfg.max_grad_norm, math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm >= 0,
-         "a finite number ≥ 0 (0 = no clipping)"),
-        ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio <= 1, "between 0 and 1"),
-        ("ddp_timeout", cfg.ddp_timeout, math.isfinite(cfg.ddp_timeout) and cfg.ddp_timeout > 0, "seconds > 0"),
-        ("epochs", cfg.epochs, cfg.epochs >= 1 or cfg.max_steps > 0, "≥ 1 (or set --max-steps)"),
-        *((name, getattr(cfg, name), getattr(cfg, name) >= 1, "≥ 1") for name in (
+    def finite(low, inclusive):  # a real number above (or at) low
+        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+            v >= low if inclusive else v > low)
+
+    def whole(low):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def one_of(choices):
+        return lambda v: v in choices, f"one of {', '.join(c for c in choices if c is not None)}"
+
+    rules = {  # option: (allowed?, what it must be)
+        **{name: (finite(0, False), "a finite number > 0") for name in ("lr", "teacher_temperature", "score_max")},
+        "temperature": (lambda v: v is None or finite(0, False)(v), "a finite number > 0"),
+        **{name: (finite(0, True), "a finite number ≥ 0") for name in ("distill_weight", "weight_decay")},
+        "max_grad_norm": (finite(0, True), "a finite number ≥ 0 (0 = no clipping)"),
+        "warmup_ratio": (lambda v: finite(0, True)(v) and v <= 1, "between 0 and 1"),
+        "ddp_timeout": (finite(0, False), "seconds > 0"),
+        "seed": (lambda v: whole(0)(v) and v < 2**32, "a whole number from 0 to 2³² − 1 (numpy's seed range)"),
+        "max_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number (≤ 0: --epochs)"),
+        "epochs": (lambda v: whole(1)(v) or (whole(0)(v) and cfg.max_steps > 0), "≥ 1 (or set --max-steps)"),
+        **{name: (whole(1), "≥ 1") for name in (
             "batch_size", "group_size", "gradient_accumulation_steps", "query_max_len", "passage_max_len",
-            "log_steps", "max_bad_steps")),
-        *((name, getattr(cfg, name), getattr(cfg, name) >= 0, "≥ 0") for name in (
-            "grad_cache_chunk", "save_steps", "save_total_limit", "eval_steps", "num_workers", "num_buckets")),
-        ("pooling", cfg.pooling, cfg.pooling in (None, *POOLING_MODES), f"one of {', '.join(POOLING_MODES)}"),
-        ("mixed_precision", cfg.mixed_precision, cfg.mixed_precision in MIXED_PRECISIONS,
-         f"one of {', '.join(MIXED_PRECISIONS)}"),
-        ("attn_implementation", cfg.attn_implementation, cfg.attn_implementation in ATTENTION,
-         f"one of {', '.join(ATTENTION)}"),
-        ("report_to", cfg.report_to, cfg.report_to in REPORT_TO, f"one of {', '.join(REPORT_TO)}"),
-    ]
-    for name, value, allowed, must_be in rules:
-        if not allowed:
-            raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {must_be}")
+            "log_steps", "max_bad_steps")},
+        **{name: (whole(0), "≥ 0") for name in (
+            "grad_cache_chunk", "save_steps", "save_total_limit", "eval_steps", "num_workers", "num_buckets")},
+        "pooling": one_of((None, *POOLING_MODES)),
+        "mixed_precision": one_of(MIXED_PRECISIONS),
+        "attn_implementation": one_of(ATTENTION),
+        "report_to": one_of(REPORT_TO),
+    }
+    for name, (allowed, must_be) in rules.items():
+        if not allowed(getattr(cfg, name)):
+            raise SystemExit(f"{option_name(cfg, name)} {getattr(cfg, name)}: must be {must_be}")
     if cfg.eval_steps and not cfg.eval_sts:
         raise SystemExit(f"--eval-steps {cfg.eval_steps}: evaluates --eval-sts, which is not set")
     if cfg.deepspeed:

@@ -159,3 +159,15 @@ def _write_marker(folder: str, tool: str, staging_for: str | None = None) -> Non
     marker = {"tool": tool, "entries": entries, **({"staging_for": staging_for} if staging_for else {})}
     with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=1)
+
+
+def apply_umask(folder: str) -> None:
+    """Give the files under folder the mode the umask allows (0644 under umask 022): some writers (safetensors)
+    create theirs 0600 whatever the umask, so another user of a shared model folder could not read them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)

@@ -118,13 +118,13 @@ def test_clipping_covers_the_softmax_classifier_too(tiny_run, tmp_path):
 def test_bad_settings_stop_before_training(tiny_run, tmp_path):
     model, data = tiny_run
     with pytest.raises(SystemExit, match="unknown loss 'triplet'"):
-        main(parse_config(TrainConfig, train_args(model, data, str(tmp_path)) + ["--loss", "triplet"]))
+        main(parse_config(TrainConfig, train_args(model, data, str(tmp_path / "out")) + ["--loss", "triplet"]))
     unscored = tmp_path / "unscored.jsonl"
     unscored.write_text(json.dumps({"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}) + "\n")
     with pytest.raises(SystemExit, match=r"unscored.jsonl:1: field 'pos_scores'/'neg_scores' missing"):
-        main(parse_config(TrainConfig, train_args(model, str(unscored), str(tmp_path)) + ["--loss", "distill"]))
+        main(parse_config(TrainConfig, train_args(model, str(unscored), str(tmp_path / "out")) + ["--loss", "distill"]))
     with pytest.raises(SystemExit, match=r"missing.jsonl: file not found"):
-        main(parse_config(TrainConfig, train_args(model, str(tmp_path / "missing.jsonl"), str(tmp_path))))
+        main(parse_config(TrainConfig, train_args(model, str(tmp_path / "missing.jsonl"), str(tmp_path / "out"))))
 
 
 # ---------------------------------------------------------------- configuration
@@ -136,7 +136,7 @@ def test_yaml_then_flags(tmp_path):
         "gte", 0.05, ["a.jsonl", "b.jsonl"], False, False)
     assert parse_config(TrainConfig, ["--gte-directions", "qd", "qq"]).gte_directions == ["qd", "qq"]
     path.write_text("loss: gte\nlearning_rate: 1e-4\n")
-    with pytest.raises(SystemExit, match="c.yaml: unknown option 'learning_rate'"):
+    with pytest.raises(SystemExit, match="c.yaml:2: unknown option 'learning_rate'"):
         parse_config(TrainConfig, ["--config", str(path)])
     with pytest.raises(SystemExit):
         parse_config(TrainConfig, ["--batch-size", "many"])

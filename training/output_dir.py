@@ -14,15 +14,33 @@ import os
 import re
 import shutil
 
+from storage.folders import OutputError, check_not_inside, lies_inside, listing
 from training.checkpoint import STATE_FILE, changed_settings, complete_checkpoints
 
 CONFIG_FILE = "train_config.json"
 
 
 def check_output_dir(output_dir: str, config: dict, overwrite: bool, resume: str | None) -> None:
-    """SystemExit when output_dir is a file, cannot be written, or holds another run. config: asdict(TrainConfig)."""
+    """SystemExit when output_dir is a file, cannot be written, is or lies inside an input (the base model, a
+    training file), holds files train.py did not write, or holds another run. config: asdict(TrainConfig)."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise SystemExit(f"--output-dir {output_dir}: is a file, not a folder")
+    inputs = [("--model", config["model"]), ("--from-config", config["from_config"]),
+              *(("--train-data", p) for p in config["train_data"]), ("--eval-sts", config["eval_sts"]),
+              ("--deepspeed", config["deepspeed"])]
+    try:
+        check_not_inside(output_dir, inputs)
+    except OutputError as e:
+        raise SystemExit(f"--output-dir {e}") from None
+    if overwrite:  # it deletes the old run's checkpoints and best/: none may hold an input
+        for name, path in inputs:
+            for folder in _replaced_folders(output_dir):
+                if path and os.path.exists(path) and lies_inside(path, folder):
+                    raise SystemExit(f"--overwrite-output-dir would delete {folder}, which holds {name} {path}; "
+                                     "copy it elsewhere first, or choose another --output-dir")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not _holds_a_run(output_dir):
+        raise SystemExit(f"--output-dir {output_dir}: holds files train.py did not write ({listing(output_dir)}); "
+                         "nothing in it is overwritten. Choose a new or empty folder")
     try:
         os.makedirs(output_dir, exist_ok=True)
         probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
@@ -48,11 +66,24 @@ def claim_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
     write this run's train_config.json (rewritten at the end), so a run killed before its first checkpoint is
     recognised too."""
     if overwrite:
-        for name in os.listdir(output_dir):
-            if re.fullmatch(r"checkpoint-\d+(\.partial)?|best", name) and os.path.isdir(os.path.join(output_dir, name)):
-                shutil.rmtree(os.path.join(output_dir, name))
+        for folder in _replaced_folders(output_dir):
+            shutil.rmtree(folder)
     with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
+
+
+def _replaced_folders(output_dir: str) -> list[str]:
+    """What --overwrite-output-dir deletes: the previous run's checkpoints (complete or partial) and best/."""
+    if not os.path.isdir(output_dir):
+        return []
+    return [os.path.join(output_dir, n) for n in sorted(os.listdir(output_dir))
+            if re.fullmatch(r"checkpoint-\d+(\.partial)?|best(\.partial)?", n) and os.path.isdir(os.path.join(output_dir, n))]
+
+
+def _holds_a_run(output_dir: str) -> bool:
+    """A train.py run's folder: its train_config.json, or one of its checkpoints."""
+    return os.path.isfile(os.path.join(output_dir, CONFIG_FILE)) or any(
+        re.fullmatch(r"checkpoint-\d+(\.partial)?", n) for n in os.listdir(output_dir))
 
 
 def _saved_configs(output_dir: str):

@@ -43,13 +43,17 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class StepGuard:
-    def __init__(self, accelerator, model, max_bad_steps: int, output_dir: str, sources=None):
-        """sources: dataset index -> "file:line" of that example, to name the rows of a bad micro-batch."""
+    def __init__(self, accelerator, model, max_bad_steps: int, output_dir: str, sources=None, state: dict | None = None):
+        """sources: dataset index -> "file:line" of that example, to name the rows of a bad micro-batch.
+        state: `state_dict()` of the run's guard at the checkpoint resumed from (None: a fresh run, or a checkpoint
+        written before it was saved, whose steps then count as applied)."""
         self.accelerator, self.model, self.max_bad_steps, self.output_dir = accelerator, model, max_bad_steps, output_dir
         self.sources = sources
         self.micro_losses: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # this step's (loss, example indices)
-        self.bad_in_a_row: list[int] = []  # steps
-        self.skipped = 0
+        fresh, state = state is None, state or {}
+        self.bad_in_a_row: list[int] = list(state.get("bad_in_a_row", []))  # steps
+        self.skipped = int(state.get("skipped", 0))
+        self.applied = int(state["applied"]) if "applied" in state else (0 if fresh else None)  # None: not known
         self.sigterm_received = False  # this process got SIGTERM
         self.stop_requested = False  # some process got it: agreed at the last step boundary
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -79,6 +83,8 @@ class StepGuard:
         micro, self.micro_losses = self.micro_losses, []
         if not (bad_loss or bad_norm):
             self.bad_in_a_row = []
+            if self.applied is not None:
+                self.applied += 1
             return True
 
         self._report(step, micro, bad_loss, bad_norm, grad_norm)
@@ -112,10 +118,30 @@ class StepGuard:
                 print(f"[rank {self.accelerator.process_index}] step {step}: loss {loss.item()} on the batch of "
                       f"{', '.join(rows) if rows else 'unknown rows'}", file=sys.stderr, flush=True)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so a resumed run counts bad steps in a row and applied steps across the kill."""
+        return {"bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "applied": self.applied}
+
+    def check_trained(self, steps: int) -> None:
+        """At the end of the loop: SystemExit (exit 1, nothing written) when no optimizer step was applied in the
+        whole run, or its last --max-bad-steps steps (all of them, in a shorter run) were skipped — its weights are
+        then the base's, or those from before the steps that went bad, and a saved model would hide that."""
+        window = min(self.max_bad_steps, steps)
+        if self.applied == 0 or (window > 0 and len(self.bad_in_a_row) >= window):
+            trained = "no optimizer step was applied" if self.applied == 0 else (
+                f"its last {len(self.bad_in_a_row)} steps ({self.bad_in_a_row[0]}–{self.bad_in_a_row[-1]}) were "
+                f"all skipped")
+            raise SystemExit(f"training failed: {trained} ({self.skipped} of {steps} steps had a non-finite loss or "
+                             f"gradient norm); no model is written. {self._resume_hint()} Lower --lr, raise "
+                             f"--temperature, or check the rows named above.")
+
     def exit_after_sigterm(self, step: int, checkpoint: str | None) -> None:
-        saved = f"saved {checkpoint}" if checkpoint else "no checkpoint written (--save-steps is 0)"
-        self.accelerator.print(f"SIGTERM: stopped after step {step}; {saved}. Resume with --resume-from-checkpoint "
-                               f"latest.", flush=True)
+        if checkpoint:
+            saved = f"saved {checkpoint}. Resume with --resume-from-checkpoint latest."
+        else:
+            saved = ("no checkpoint written (--save-steps is 0), so a rerun starts from the beginning; pass "
+                     "--save-steps N to be able to resume.")
+        self.accelerator.print(f"SIGTERM: stopped after step {step}; {saved}", flush=True)
         self.close()
         sys.exit(SIGTERM_EXIT_CODE)
 
