@@ -14,8 +14,8 @@ No "optimizer" / "scheduler" sections: train.py builds AdamW and the linear sche
 
 Two ways to train in bf16 under DeepSpeed. The shipped configs (configs/deepspeed/zero{1,2,3}.json) have a
 `"torch_autocast": {"enabled": "auto"}` section: the weights stay fp32 and the engine runs its forward under
-`torch.autocast(bfloat16)` — what train.py does without DeepSpeed, with its losses (ZeRO-2 bit for bit, ZeRO-3 to
-3e-5: tests/test_distributed.py) — at the cost of fp32 parameters in memory (4 bytes each instead of 2, before
+`torch.autocast(bfloat16)` — what train.py does without DeepSpeed, with its losses and updates up to bf16
+rounding (ZeRO-2, 3: tests/test_distributed.py) — at the cost of fp32 parameters in memory (4 bytes, not 2, before
 ZeRO-3 partitions them). The memory-lean option, configs/deepspeed/zero{1,2,3}_bf16_lean.json, is DeepSpeed's
 `bf16` mode: it casts the module to bf16, so the pretrained weights are rounded once at start, and keeps fp32
 master weights in the optimizer; updates below half a bf16 step reach the forward pass late
