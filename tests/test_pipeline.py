@@ -14,6 +14,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from scripts.lib.pipeline import write_jsonl
+from storage.folders import OutputError
 from models.bi_encoder import BiEncoder
 from scripts import filter_consistency, mine_hard_negatives, prepare_nli, score_with_teacher, split_by_length
 from tests.helpers import DATA, minilm_path, needs_data, tiny_bi_encoder
@@ -201,9 +202,16 @@ def test_output_is_written_whole_or_not_at_all(tmp_path):
         raise RuntimeError("crashed mid-way")
 
     with pytest.raises(RuntimeError):
-        write_jsonl(target, rows())
+        write_jsonl(target, rows(), overwrite=True)
     assert target.read_text() == "previous run\n"
     assert os.listdir(tmp_path) == ["out.jsonl"]  # no temporary file left behind
+    # a file that is there when the new one is complete is replaced only with overwrite=True (the scripts check
+    # before any work too; this catches one that appeared meanwhile)
+    with pytest.raises(OutputError, match="out.jsonl: appeared while the tool ran; not replaced"):
+        write_jsonl(target, [{"query": "q", "pos": ["p"]}])
+    assert target.read_text() == "previous run\n" and os.listdir(tmp_path) == ["out.jsonl"]
+    write_jsonl(target, [{"query": "q", "pos": ["p"]}], overwrite=True)
+    assert read_jsonl(target) == [{"query": "q", "pos": ["p"]}]
 
 
 def test_beir_folder_gives_queries_and_positives_from_qrels(tiny_model, tmp_path):
@@ -500,8 +508,9 @@ def test_make_sample_data_replaces_only_its_own_folder(tmp_path):
     theirs.mkdir()
     (theirs / "train.jsonl").write_text("my own rows\n")
     (theirs / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="is a folder that scripts.make_sample_data did not write"):
-        make_sample_data.main(["--output", str(theirs), "--overwrite", *small])
+    for overwrite in ([], ["--overwrite"]):  # someone else's folder: refused, --overwrite or not
+        with pytest.raises(SystemExit, match="is a folder that scripts.make_sample_data did not write"):
+            make_sample_data.main(["--output", str(theirs), *overwrite, *small])
     assert (theirs / "train.jsonl").read_text() == "my own rows\n"
     out = tmp_path / "sample"
     make_sample_data.main(["--output", str(out), *small])  # precondition: a new folder is written
