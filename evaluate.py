@@ -5,21 +5,35 @@
     python evaluate.py --model out/ --local-task retrieval=../shared/data/retrieval/scifact \\
         --compare ../shared/data/reference/all-MiniLM-L6-v2.json --output-dir eval/
 
-Steps: build every task (names resolved, hub data downloaded, files parsed and checked) -> load the model with its saved prompts and
-lengths (command-line flags override them) -> mteb.evaluate -> write mteb's per-task result JSON under
-OUTPUT_DIR/results/<model>/<revision>/ and OUTPUT_DIR/summary.json -> print a table (with deltas for --compare).
+Steps: check the options, the model folder (config, weights, tokenizer files; max lengths against its position
+limit, from config.json alone) and --output-dir -> build every task (names resolved, hub data downloaded, files
+parsed and checked) -> load the model with its saved prompts and lengths (command-line flags override them) ->
+mteb.evaluate -> write mteb's per-task result JSON under OUTPUT_DIR/results/<model>/<revision>/ and
+OUTPUT_DIR/summary.json -> print a table (with deltas for --compare).
 Results are always recomputed: the revision hashes the weights and settings, the data may have changed.
+OUTPUT_DIR is written whole or not at all (storage/folders.py: built beside it, renamed when complete). An existing
+one is replaced only when it holds an earlier output of evaluate.py and nothing else, and --overwrite is given; a
+folder holding other files, the model folder and a task's data are never written into.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from models.bi_encoder import PRECISIONS
+import torch
+
 from evaluation.local_tasks import LOCAL_TASK_KINDS
+from models.bi_encoder import PRECISIONS, SETTINGS_FILE, read_settings
+from models.checks import MaxLengthError, check_max_lengths, check_model_folder, find_model
+from storage.files import check_output_place
+from storage.folders import check_output_folder, staged_folder
+
+TOOL = "evaluate.py"  # the name in OUTPUT_DIR/.written_by.json (storage/folders.py)
+OWN_ENTRIES = ("results", "summary.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--local-task", nargs="+", action="extend", default=[], metavar="KIND=PATH",
                         help=f"a task from local files; KIND one of {', '.join(LOCAL_TASK_KINDS)}; named after the file "
                              "stem or folder; retrieval takes an optional @SPLIT (default test), e.g. retrieval=data/scifact@dev")
-    parser.add_argument("--output-dir", required=True, help="where results and summary.json are written")
+    parser.add_argument("--output-dir", required=True,
+                        help="where results/ and summary.json are written: a new or empty folder, or one evaluate.py "
+                             "wrote before (with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output of evaluate.py in --output-dir (only when it holds nothing "
+                             "else; other folders are never replaced)")
     parser.add_argument("--compare", metavar="REF.json",
                         help="reference scores ({'tasks': {name: {file, split, metric, score}}}); adds a delta column")
     prompts = parser.add_argument_group("prompts and lengths (default: what the model folder saved)")
@@ -63,12 +82,95 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--task-prompt expects KEY=PROMPT, got {', '.join(map(repr, bad))}")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output-dir {args.output_dir}: is a file, not a folder")
+    for flag, value in (("--batch-size", args.batch_size), ("--query-max-len", args.query_max_len),
+                        ("--passage-max-len", args.passage_max_len)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: must be ≥ 1")
+    if args.device is not None:
+        problem = device_problem(args.device)
+        if problem:
+            parser.error(f"--device {args.device}: {problem}")
     return args
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot run here (not a device, no CUDA, no such GPU), or None."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        return "not a device; use cpu, cuda or cuda:N"
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available here (torch.cuda.is_available() is False); use --device cpu"
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            return f"there are {n} CUDA devices here (cuda:0 .. cuda:{n - 1})"
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available here; use --device cpu"
+    elif d.type not in ("cpu", "cuda", "mps"):
+        return "use cpu, cuda, cuda:N or mps"
+    return None
+
+
+def locate_model(name: str, download: bool) -> str | None:
+    try:
+        return find_model(name, download=download)
+    except ValueError as e:
+        raise ValueError(f"--model {e}") from None
+
+
+def check_model(args: argparse.Namespace, path: str) -> None:
+    """The model folder is complete and its lengths (flags, else saved) fit its position limit: ValueError naming
+    the flag or the saved setting. Reads config.json and the settings files, no weights."""
+    try:
+        check_model_folder(path)
+    except ValueError as e:
+        raise ValueError(f"--model {e}") from None
+    saved = read_settings(path)
+    ours = os.path.isfile(os.path.join(path, SETTINGS_FILE))
+    lengths = {"query_max_len": args.query_max_len, "passage_max_len": args.passage_max_len}
+    for field, value in lengths.items():
+        flag = "--" + field.replace("_", "-")
+        if value is None:  # the saved length (a sentence-transformers folder's queries get its passage length)
+            value = getattr(saved, field) if ours or field == "passage_max_len" else None
+        try:
+            for note in check_max_lengths(path, **{field: value}):
+                print(f"note: {note}")
+        except MaxLengthError as e:
+            if lengths[field] is not None:
+                raise ValueError(f"{flag} {e.value}: {e.reason}") from None
+            raise ValueError(f"{args.model}: the model's saved {field} is {e.value}, {e.reason}; pass {flag} "
+                             f"{e.limit} (or less)") from None
+
+
+def check_output(args: argparse.Namespace, model_path: str | None) -> None:
+    """--output-dir may be written: new, empty, or evaluate.py's own earlier output (with --overwrite), not the
+    model folder or a task's data or inside them, and its parent writable. ValueError (OutputError) otherwise."""
+    from evaluation.tasks import parse_local_spec
+
+    inputs = [("the model folder", model_path)] if model_path else []
+    inputs += [(f"the data of --local-task {spec}", parse_local_spec(spec).path) for spec in args.local_task]
+    check_output_place(args.output_dir, inputs, "--output-dir")
+    check_output_folder(args.output_dir, TOOL, **output_rule(args))
+
+
+def output_rule(args: argparse.Namespace) -> dict:
+    return dict(overwrite=args.overwrite, flag="--output-dir", own_entries=OWN_ENTRIES,
+                recognise=lambda p: os.path.isfile(os.path.join(p, "summary.json")))  # written before the marker
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    # 0. The model (a local folder, or a Hub id already cached) and the output folder, before anything is built.
+    try:
+        model_path = locate_model(args.model, download=False)  # None: a Hub id not downloaded yet
+        if model_path is not None:
+            check_model(args, model_path)
+        check_output(args, model_path)
+    except ValueError as err:  # OutputError, MaxLengthError, TaskSpecError included
+        sys.exit(f"error: {err}")
 
     import mteb
     from mteb.cache import ResultCache
@@ -82,6 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         tasks = build_tasks(args.tasks, args.local_task)
         reference = load_reference(args.compare) if args.compare else None
         preload_hub_data(tasks)
+        if model_path is None:  # a Hub model: downloaded now, then checked as a folder is
+            model_path = locate_model(args.model, download=True)
+            check_model(args, model_path)
     except (ValueError, FileNotFoundError, HubDataError) as err:  # TaskDataError, UnknownTaskError, ...
         sys.exit(f"error: {err}")
 
@@ -95,19 +200,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     print(f"model {meta.name} revision {meta.revision}: {meta.n_parameters:,} parameters, dim {meta.embed_dim}, "
           f"prompts {encoder.model_prompts or 'none'}", flush=True)
 
-    # 3. mteb's evaluators; results written by mteb's cache layer, never read back from it.
+    # 3. mteb's evaluators; results written by mteb's cache layer into a folder beside --output-dir, renamed to it
+    # once summary.json is written (never read back: results are always recomputed).
     output_dir = Path(args.output_dir)
-    results = mteb.evaluate(encoder, tasks, cache=ResultCache(output_dir), overwrite_strategy="always",
-                            encode_kwargs={"batch_size": args.batch_size})
+    with staged_folder(args.output_dir, TOOL, **output_rule(args), log=print) as staging:
+        results = mteb.evaluate(encoder, tasks, cache=ResultCache(staging), overwrite_strategy="always",
+                                encode_kwargs={"batch_size": args.batch_size})
 
-    # 4. Summary, reference deltas, table.
-    summary = summarize(tasks, results.task_results)
-    if reference is not None:
-        add_reference(summary, results.task_results, reference)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        # 4. Summary, reference deltas, table.
+        summary = summarize(tasks, results.task_results)
+        if reference is not None:
+            add_reference(summary, results.task_results, reference)
+        (Path(staging) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        result_folder = ResultCache(staging).get_task_result_path(tasks[0].metadata.name, meta).parent
+        result_folder = output_dir / result_folder.relative_to(staging)
     print(format_table(summary))
-    print(f"results: {ResultCache(output_dir).get_task_result_path(tasks[0].metadata.name, meta).parent}, "
-          f"summary: {output_dir / 'summary.json'}")
+    print(f"results: {result_folder}, summary: {output_dir / 'summary.json'}")
     return summary
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
+from models.checks import check_model_folder, check_tokenizer_folder, check_vocabulary
 from models.pooling import POOLING_MODES, pool
 
 SETTINGS_FILE = "embedding_config.json"
@@ -101,13 +102,17 @@ class BiEncoder(nn.Module):
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, name_or_path: str, attn_implementation: str | None = None, **overrides) -> "BiEncoder":
-        """A local folder or Hub id. `overrides` are EncoderSettings fields; None means "keep the saved value"."""
+        """A local folder or Hub id. `overrides` are EncoderSettings fields; None means "keep the saved value".
+        ValueError for a folder without config, weights or tokenizer files, or a tokenizer that cannot be the model's
+        (models/checks.py)."""
         name_or_path = str(name_or_path)
+        check_model_folder(name_or_path)
         settings = read_settings(name_or_path) if os.path.isdir(name_or_path) else EncoderSettings()
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         backbone = AutoModel.from_pretrained(name_or_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        check_vocabulary(tokenizer, backbone, name_or_path)
         return cls(backbone, tokenizer, settings)
 
     @classmethod
@@ -116,10 +121,13 @@ class BiEncoder(nn.Module):
         """Random weights from a config (path, Hub id or object): for pretraining from scratch."""
         if not isinstance(config, PretrainedConfig):
             config = AutoConfig.from_pretrained(str(config))
+        check_tokenizer_folder(str(tokenizer))
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         backbone = AutoModel.from_config(config, **kwargs)
         settings = EncoderSettings(**{k: v for k, v in overrides.items() if v is not None})
-        return cls(backbone, AutoTokenizer.from_pretrained(str(tokenizer)), settings)
+        tokenizer_obj = AutoTokenizer.from_pretrained(str(tokenizer))
+        check_vocabulary(tokenizer_obj, backbone, str(tokenizer))
+        return cls(backbone, tokenizer_obj, settings)
 
     # ---------------------------------------------------------------- encoding
     @property

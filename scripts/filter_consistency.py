@@ -7,17 +7,23 @@ A positive's rank is the number of corpus passages — other than the row's own 
 higher for the query (so rank 0 is first); it is kept when rank < --top-k. A positive need not be in the corpus.
 Rows keep their kept positives (with their pos_scores) and negatives; rows with no positive left are dropped
 and counted. Corpus: --corpus (.jsonl/.tsv/.csv with `text`, optional `title`), else every pos/neg text in the
-file. Corpus embeddings share mine_hard_negatives.py's cache; the output is written atomically.
+file. Corpus embeddings share mine_hard_negatives.py's cache; the output is checked before the model loads (not a
+folder, not an input; an existing file is replaced only with --overwrite) and written atomically.
 """
 from __future__ import annotations
+
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
 
 import argparse
 
 
 from data.examples import DataError, Example, load_examples
 from evaluation.task_files import TaskDataError
-from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, cache_dir_for, corpus_from, encode_passages_cached,
-                           example_to_row, load_encoder, passage_embeddings, query_texts, search, write_jsonl)
+from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
+                                  corpus_from, encode_passages_cached, example_to_row, load_encoder, passage_embeddings,
+                                  query_texts, search, write_jsonl)
+from storage.folders import OutputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="training rows (BGE JSONL, pair/triplet files)")
     p.add_argument("--corpus", help="passages to rank against (default: every pos/neg text of --input)")
     p.add_argument("--top-k", type=int, default=2, help="keep positives ranked in the top k (default 2, as E5)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="BGE JSONL to write")
+    add_overwrite_flag(p)
     p.add_argument("--cache-dir", default=None, help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
@@ -68,6 +75,9 @@ def consistent(model, examples: list[Example], corpus: Corpus, top_k: int, cache
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_model(args.model, "--model")
+    check_output(args.output, [("--input", args.input), ("--corpus", args.corpus), ("--model", args.model)],
+                 args.overwrite)
     try:
         examples, report = load_examples(args.input)
         print(report.summary())
@@ -82,7 +92,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: no row has a positive in the top {args.top_k}; nothing to write")
     n_pos_in = sum(len(ex.pos) for ex in examples)
     n_pos_out = sum(len(ex.pos) for ex in kept)
-    n = write_jsonl(args.output, (example_to_row(ex) for ex in kept))
+    try:
+        n = write_jsonl(args.output, (example_to_row(ex) for ex in kept), overwrite=args.overwrite)
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"kept {n_pos_out} of {n_pos_in} positives (top {args.top_k}); {dropped} of {len(examples)} rows dropped "
           f"(no positive left); wrote {n} rows to {args.output}")
     return {"rows": n, "dropped": dropped, "positives_kept": n_pos_out}

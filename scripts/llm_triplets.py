@@ -18,12 +18,56 @@
 5. Fine-tune with train.py (OUTPUT_DIR/model; flags in data/cluster_triplets/loop.py, --train-args overrides) and
    score the base and the fine-tuned model with evaluate.py's clustering task on --eval-file: clustering accuracy
    (Hungarian), NMI and mteb's V-measure. Labels are only read by the oracles and the scores.
-Everything that can be checked (files, k, template, judge model or URL) is checked before the first embedding.
+Everything that can be checked (files, k, template, judge model or URL, --model, OUTPUT_DIR) is checked before the
+first embedding. OUTPUT_DIR is the chain's working folder: a rerun resumes in it (cached answers, finished steps
+skipped), so it must be new, empty, or written by this chain and holding nothing else (storage/folders.py); a
+folder with other files, or one that is or lies inside an input, is refused before any work.
 Score on texts the triplets did not come from (--eval-file), else the scores measure the texts trained on.
 """
 from __future__ import annotations
 
-from data.cluster_triplets.chain import main
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
+
+import os
+import re
+
+from data.cluster_triplets import chain
+from scripts.lib.pipeline import check_model
+from storage.files import check_output_place
+from storage.folders import OutputError, check_output_folder
+
+TOOL = "scripts.llm_triplets"
+# what the chain writes into OUTPUT_DIR (chain.py, loop.py), and staging folders a killed evaluate.py left there
+CHAIN_FILES = ("judgements.jsonl", "triplets.jsonl", "report.json")
+CHAIN_ENTRIES = CHAIN_FILES + tuple(f"{step}{suffix}" for step in ("eval-base", "train", "model", "eval-tuned")
+                                    for suffix in ("", ".done.json", ".log"))
+STAGING = re.compile(r"^\.(eval-base|eval-tuned|model)\..+\.(partial|replaced)$")
+
+
+def check_output_dir(args) -> None:
+    """OUTPUT_DIR may be (re)used: SystemExit `error: ...` naming what is in the way otherwise."""
+    out = args.output_dir
+    inputs = [("--model", args.model), ("--input", args.input), ("--eval-file", args.eval_file),
+              ("--judge-model", args.judge_model)]
+    entries = CHAIN_ENTRIES
+    if args.cache and os.path.abspath(os.path.dirname(args.cache)) == os.path.abspath(out):
+        entries += (os.path.basename(args.cache),)  # --cache inside OUTPUT_DIR
+    own = [n for n in os.listdir(out) if n in entries or STAGING.match(n)] if os.path.isdir(out) else []
+    try:
+        check_output_place(out, inputs, "--output-dir")
+        check_output_folder(out, TOOL, overwrite=True, flag="--output-dir", own_entries=own,  # resuming is allowed
+                            recognise=lambda path: any(os.path.exists(os.path.join(path, n)) for n in CHAIN_FILES))
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def main(argv=None, runner=None) -> dict:
+    args = chain.parse_args(argv, __doc__)
+    check_model(args.model, "--model")
+    check_output_dir(args)
+    return chain.main(argv, description=__doc__, **({"runner": runner} if runner else {}))
+
 
 if __name__ == "__main__":
-    main(description=__doc__)
+    main()

@@ -15,14 +15,26 @@ and trained on with train.jsonl (BGE format): an English query, its Korean trans
 sentences that differ in exactly one slot as `neg` (hard negatives); a fifth of the rows are Korean→Korean
 (same meaning, another word order).
 
-    python -m scripts.make_sample_data --output data/sample      # deterministic: same files every run
+    python -m scripts.make_sample_data --output data/sample --overwrite   # deterministic: same files every run
+
+The folder is written whole (storage/folders.py: built beside it, renamed into place); an existing one is replaced
+only when it holds this tool's files and nothing else, and --overwrite is given.
 """
 from __future__ import annotations
+
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
 
 import argparse
 import json
 import os
 import random
+
+from storage.files import check_output_place
+from storage.folders import OutputError, check_output_folder, staged_folder
+
+TOOL = "scripts.make_sample_data"  # the name in the folder's .written_by.json
+OWN_ENTRIES = ("train.jsonl", "heldout-sts.tsv", "heldout-retrieval")
 
 # (English, Korean) — people; Korean subject particle is attached by `_particle`.
 PEOPLE = [("the teacher", "선생님"), ("a little girl", "어린 소녀"), ("my neighbour", "내 이웃"),
@@ -88,21 +100,29 @@ def with_shared_slots(combo: tuple, shared: int, rng: random.Random, allowed: li
             return other
 
 
-def write_atomic(path: str, lines: list[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+def write_lines(path: str, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
         f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="data/sample", help="folder to write into")
+    parser.add_argument("--output", default="data/sample", help="folder to write (default data/sample)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output of this tool at --output (a folder holding anything else is "
+                             "never replaced)")
     parser.add_argument("--train-rows", type=int, default=1600)
     parser.add_argument("--sts-pairs", type=int, default=600)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    rule = dict(overwrite=args.overwrite, own_entries=OWN_ENTRIES,  # data/sample was written before the marker
+                recognise=lambda path: os.path.isfile(os.path.join(path, "train.jsonl")))
+    try:
+        check_output_folder(args.output, TOOL, **rule)
+        check_output_place(args.output, [], "--output")
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
     rng = random.Random(args.seed)
 
     combos = [(a, b, c, d) for a in range(len(PEOPLE)) for b in range(len(ACTIONS))
@@ -143,13 +163,17 @@ def main(argv: list[str] | None = None) -> None:
     queries = [json.dumps({"_id": f"q{i}", "text": english(c, rng.randrange(2))}) for i, c in enumerate(query_combos)]
     qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\t{corpus_ids[c]}\t1" for i, c in enumerate(query_combos)]
 
+    try:
+        with staged_folder(args.output, TOOL, **rule, log=print) as out:
+            os.makedirs(os.path.join(out, "heldout-retrieval", "qrels"))
+            write_lines(os.path.join(out, "train.jsonl"), rows)
+            write_lines(os.path.join(out, "heldout-sts.tsv"), sts)
+            write_lines(os.path.join(out, "heldout-retrieval", "corpus.jsonl"), corpus)
+            write_lines(os.path.join(out, "heldout-retrieval", "queries.jsonl"), queries)
+            write_lines(os.path.join(out, "heldout-retrieval", "qrels", "test.tsv"), qrels)
+    except OutputError as e:  # the folder changed while the tool ran
+        raise SystemExit(f"error: {e}") from None
     out = args.output
-    os.makedirs(os.path.join(out, "heldout-retrieval", "qrels"), exist_ok=True)
-    write_atomic(os.path.join(out, "train.jsonl"), rows)
-    write_atomic(os.path.join(out, "heldout-sts.tsv"), sts)
-    write_atomic(os.path.join(out, "heldout-retrieval", "corpus.jsonl"), corpus)
-    write_atomic(os.path.join(out, "heldout-retrieval", "queries.jsonl"), queries)
-    write_atomic(os.path.join(out, "heldout-retrieval", "qrels", "test.tsv"), qrels)
     print(f"wrote {len(rows)} training rows, {args.sts_pairs} STS pairs, {len(queries)} queries over "
           f"{len(corpus)} documents to {out}")
 

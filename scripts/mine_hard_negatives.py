@@ -16,10 +16,14 @@ few are topped up with random corpus passages (counted). Existing `neg` lists an
 Corpus: --beir uses the folder's corpus (title + " " + text) and its qrels' judged documents as positives;
 --input alone uses every pos/neg text in the file; --corpus names a .jsonl/.tsv/.csv with a `text` column.
 Corpus embeddings are cached under --cache-dir (key: model weights + settings + corpus), so re-mining with
-other ranges or seeds does not re-encode. The output is written atomically; the same inputs and --seed give
+other ranges or seeds does not re-encode. The output is checked before the model loads (not a folder, not an
+input; an existing file is replaced only with --overwrite) and written atomically; the same inputs and --seed give
 the same file.
 """
 from __future__ import annotations
+
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
 
 import argparse
 from collections import Counter
@@ -29,8 +33,9 @@ from data.examples import DataError, Example, load_examples
 from data.text import mteb_document_text
 from evaluation.task_files import TaskDataError, read_beir
 from scripts.lib.mining import mine
-from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, cache_dir_for, corpus_from, example_to_row, load_encoder,
-                                  parse_range, write_jsonl)
+from storage.folders import OutputError
+from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
+                                  corpus_from, example_to_row, load_encoder, parse_range, write_jsonl)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus", help="passages to mine from (.jsonl/.tsv/.csv with `text`, optional `title`); "
                                     "default: every pos/neg text of --input")
     p.add_argument("--output", required=True, help="BGE JSONL to write")
+    add_overwrite_flag(p)
     p.add_argument("--range", default="10-100", help="0-based rank range START-END to sample from (default 10-100)")
     p.add_argument("--negative-number", type=int, default=7, help="negatives per query (default 7)")
     p.add_argument("--max-pos-ratio", type=float, default=None,
@@ -85,6 +91,9 @@ def beir_examples(folder: str, split: str, report: Counter) -> tuple[list[Exampl
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_model(args.model, "--model")
+    check_output(args.output, [("--input", args.input), ("--beir", args.beir), ("--corpus", args.corpus),
+                               ("--model", args.model)], args.overwrite)
     report: Counter = Counter()
     try:
         if args.beir:
@@ -102,9 +111,9 @@ def main(argv=None) -> dict:
                      negative_number=args.negative_number, max_pos_ratio=args.max_pos_ratio, seed=args.seed,
                      cache_dir=cache_dir_for(args.output, args.cache_dir, args.no_cache),
                      batch_size=args.batch_size, backend=args.search, report=report)
-    except (DataError, TaskDataError, FileNotFoundError) as e:
+        n = write_jsonl(args.output, (example_to_row(ex) for ex in mined), overwrite=args.overwrite)
+    except (DataError, TaskDataError, FileNotFoundError, OutputError) as e:
         raise SystemExit(f"error: {e}") from None
-    n = write_jsonl(args.output, (example_to_row(ex) for ex in mined))
     print(f"wrote {n} rows to {args.output}")
     for what, count in report.items():
         print(f"  {count} × {what}")

@@ -6,21 +6,27 @@ Each premise becomes one row {query: premise, pos: [entailments], neg: [contradi
 neutral hypotheses are not used) through data/examples.py's `nli_to_groups`, the same conversion train.py
 applies to NLI files. --first keeps one entailment and one contradiction per premise (the first of each), as
 ../shared/data/train/kornli-triplets.jsonl was made. Premises with no contradiction are dropped and counted
-unless --allow-no-negative. The output is written atomically.
+unless --allow-no-negative. The output is checked first (not a folder, not an input; an existing file is replaced
+only with --overwrite) and written atomically.
 """
 from __future__ import annotations
+
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
 
 import argparse
 
 
 from data.examples import DataError, load_examples, nli_to_groups
-from scripts.lib.pipeline import example_to_row, write_jsonl
+from scripts.lib.pipeline import add_overwrite_flag, check_output, example_to_row, write_jsonl
+from storage.folders import OutputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, nargs="+", help="NLI file(s): sentence1, sentence2, gold_label")
     p.add_argument("--output", required=True, help="BGE JSONL to write")
+    add_overwrite_flag(p)
     p.add_argument("--first", action="store_true", help="one entailment and one contradiction per premise")
     p.add_argument("--allow-no-negative", action="store_true", help="keep premises that have no contradiction")
     return p.parse_args(argv)
@@ -28,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_output(args.output, [("--input", path) for path in args.input], args.overwrite)
     try:
         pairs, report = load_examples(args.input, pair_kind="nli")
     except DataError as e:
@@ -44,7 +51,10 @@ def main(argv=None) -> dict:
     print(report.summary())
     if not groups:
         raise SystemExit("error: no (premise, entailment, contradiction) group could be formed; nothing written")
-    n = write_jsonl(args.output, (example_to_row(g) for g in groups))
+    try:
+        n = write_jsonl(args.output, (example_to_row(g) for g in groups), overwrite=args.overwrite)
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"wrote {n} rows to {args.output}")
     return {"rows": n}
 

@@ -7,10 +7,14 @@ The teacher is a cross-encoder reranker (a `...ForSequenceClassification` model 
 its logit for the (query, passage) pair) or a bi-encoder (the score is the dot product of its embeddings —
 cosine for normalising models — with its saved prompts and lengths; a row's own `prompt` wins). --teacher-type
 auto picks by the model's architecture. Pairs are scored once each, in batches of similar token length, bf16 on
-a GPU. Any non-finite score stops the run naming the row; existing scores are replaced. The output is written
-atomically, rows in input order.
+a GPU. Any non-finite score stops the run naming the row; existing scores are replaced. The output is checked
+before the teacher loads (not a folder, not the input; an existing file is replaced only with --overwrite) and
+written atomically, rows in input order.
 """
 from __future__ import annotations
+
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
 
 import argparse
 import math
@@ -20,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from data.examples import DataError, Example, load_examples
-from scripts.lib.pipeline import example_to_row, load_encoder, query_texts, write_jsonl
+from scripts.lib.pipeline import (add_overwrite_flag, check_model, check_output, example_to_row, load_encoder,
+                                  query_texts, write_jsonl)
+from storage.folders import OutputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-type", choices=("auto", "cross-encoder", "bi-encoder"), default="auto")
     p.add_argument("--input", required=True, help="BGE JSONL rows (query, pos, neg)")
     p.add_argument("--output", required=True, help="BGE JSONL with pos_scores / neg_scores")
+    add_overwrite_flag(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=512, help="cross-encoder: max tokens per (query, passage) pair")
     return p.parse_args(argv)
@@ -115,6 +122,8 @@ def score_examples(teacher: str, examples: list[Example], teacher_type: str = "a
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_model(args.teacher, "--teacher")
+    check_output(args.output, [("--input", args.input), ("--teacher", args.teacher)], args.overwrite)
     try:
         examples, report = load_examples(args.input)
         print(report.summary())
@@ -122,9 +131,9 @@ def main(argv=None) -> dict:
         if replaced:
             print(f"{replaced} rows already had scores; they are replaced")
         scored = score_examples(args.teacher, examples, args.teacher_type, args.batch_size, args.max_length)
-    except DataError as e:
+        n = write_jsonl(args.output, (example_to_row(ex) for ex in scored), overwrite=args.overwrite)
+    except (DataError, OutputError) as e:
         raise SystemExit(f"error: {e}") from None
-    n = write_jsonl(args.output, (example_to_row(ex) for ex in scored))
     print(f"wrote {n} scored rows to {args.output}")
     return {"rows": n}
 

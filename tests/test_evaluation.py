@@ -6,6 +6,7 @@ the reason otherwise. Wrapper unit tests use a tiny random BERT, so they run in 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -430,18 +431,128 @@ def test_duplicate_task_names_rejected():
         build_tasks([], [f"sts={STSB}", f"sts={STSB}"])
 
 
-def test_cli_fails_before_loading_the_model(tmp_path, monkeypatch, capsys):
+def forbid_model_loading(monkeypatch) -> None:
     import evaluation.mteb_encoder as mteb_encoder
 
     def must_not_load(*args, **kwargs):
-        raise AssertionError("the model was loaded although a task file is bad")
+        raise AssertionError("the model was loaded although the input is bad")
 
     monkeypatch.setattr(mteb_encoder, "load_bi_encoder", must_not_load)
-    good = tmp_path / "good.tsv"
-    good.write_text("sentence1\tsentence2\tscore\na\tb\t1\nc\td\t2\n")
+
+
+def write_sts(path: Path, *extra_pairs: tuple[str, str, float]) -> Path:
+    pairs = [("a cat sleeps", "a cat naps", 4), ("a dog runs", "the market fell", 0), ("rain today", "it rains", 5),
+             *extra_pairs]
+    path.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs))
+    return path
+
+
+def test_cli_fails_before_loading_the_model(tokenizer_folder, tmp_path, monkeypatch, capsys):
+    forbid_model_loading(monkeypatch)
+    good = write_sts(tmp_path / "good.tsv")
     with pytest.raises(SystemExit, match=r"error: .*missing\.tsv: not found"):
-        run_cli_in_process(["--model", "unused", "--local-task", f"sts={good}", f"sts={tmp_path / 'missing.tsv'}",
-                            "--output-dir", str(tmp_path / "out")])
+        run_cli_in_process(["--model", tokenizer_folder, "--local-task", f"sts={good}",
+                            f"sts={tmp_path / 'missing.tsv'}", "--output-dir", str(tmp_path / "out")])
+
+
+# ---------------------------------------------------------------- bad input: one line at start, never a traceback
+def test_cli_refuses_a_model_folder_without_tokenizer_files(tokenizer_folder, tmp_path):
+    """Without its tokenizer files a folder got a 5-token tokenizer (every word [UNK]) and scored, exit 0."""
+    folder = tmp_path / "model"
+    tiny_bi_encoder(tokenizer_folder).save(str(folder))
+    args = ["--model", str(folder), "--local-task", f"sts={write_sts(tmp_path / 'sts.tsv')}", "--device", "cpu"]
+    assert run_cli_in_process(args + ["--output-dir", str(tmp_path / "ok")])["sts"]  # precondition: complete folder
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit, match=r"^error: --model .*model: not a complete model folder: no tokenizer files"):
+        run_cli_in_process(args + ["--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_max_len_beyond_the_position_limit_before_loading(tokenizer_folder, tmp_path, monkeypatch):
+    """--passage-max-len past a 64-position BERT failed mid-encoding with a tensor-size RuntimeError."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from models.bi_encoder import EncoderSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    folder, saved_too_long = tmp_path / "model", tmp_path / "saved-too-long"
+    BiEncoder(BertModel(config), tokenizer, EncoderSettings(query_max_len=16, passage_max_len=32)).save(str(folder))
+    BiEncoder(BertModel(config), tokenizer, EncoderSettings(passage_max_len=100)).save(str(saved_too_long))
+    sts = write_sts(tmp_path / "sts.tsv", (" ".join(["word"] * 100), "a short one", 1))  # 102 tokens
+    task = ["--local-task", f"sts={sts}", "--device", "cpu"]
+    # precondition: at the limit the long text is truncated and encodes
+    run_cli_in_process(["--model", str(folder), *task, "--passage-max-len", "64", "--output-dir", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match=r"^error: --passage-max-len 65: more than the 64 tokens the model can encode "
+                                         r"\(bert has max_position_embeddings 64\); use at most 64$"):
+        run_cli_in_process(["--model", str(folder), *task, "--passage-max-len", "65",
+                            "--output-dir", str(tmp_path / "b")])
+    forbid_model_loading(monkeypatch)  # the saved lengths are read from the folder's files, before any weights
+    with pytest.raises(SystemExit, match=r"saved-too-long: the model's saved passage_max_len is 100, more than the 64 "
+                                         r"tokens .*; pass --passage-max-len 64"):
+        run_cli_in_process(["--model", str(saved_too_long), *task, "--output-dir", str(tmp_path / "c")])
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_cli_bad_options_stop_at_start_with_one_line(tokenizer_folder, tmp_path, monkeypatch, capsys):
+    """Each was a traceback (HFValidationError, OSError, ValueError, AssertionError), some only after encoding."""
+    forbid_model_loading(monkeypatch)
+    (tmp_path / "a-file").write_text("not a folder")
+    task = ["--local-task", f"sts={write_sts(tmp_path / 'sts.tsv')}"]
+    out = ["--output-dir", str(tmp_path / "out")]
+    cases = [
+        (["--model", str(tmp_path / "missing"), *out], f"error: --model {tmp_path / 'missing'}: no such folder"),
+        (["--model", "someone/no-such-model", *out], "error: --model someone/no-such-model: no such local folder; "
+                                                     "the Hub is offline (HF_HUB_OFFLINE is set)"),
+        (["--model", tokenizer_folder, "--batch-size", "0", *out], "--batch-size 0: must be ≥ 1"),
+        (["--model", tokenizer_folder, "--passage-max-len", "0", *out], "--passage-max-len 0: must be ≥ 1"),
+        (["--model", tokenizer_folder, "--device", "gpu7", *out], "--device gpu7: not a device"),
+        (["--model", tokenizer_folder, "--output-dir", str(tmp_path / "a-file" / "out")],
+         f"error: --output-dir {tmp_path / 'a-file' / 'out'}: {tmp_path / 'a-file'} is a file, so the folder"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", tokenizer_folder, "--device", "cuda", *out],
+                      "--device cuda: CUDA is not available here (torch.cuda.is_available() is False); use "
+                      "--device cpu"))
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "read-only").mkdir(mode=0o555)
+        cases.append((["--model", tokenizer_folder, "--output-dir", str(tmp_path / "read-only" / "out")],
+                      "cannot write there"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            run_cli_in_process(task + args)
+        err = capsys.readouterr().err
+        assert stop.value.code not in (0, None) and message in f"{stop.value.code}\n{err}", (args, stop.value.code, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_replaces_only_its_own_earlier_output_and_only_with_overwrite(tokenizer_folder, tiny_beir, tmp_path):
+    folder = tmp_path / "model"
+    tiny_bi_encoder(tokenizer_folder).save(str(folder))
+    args = ["--model", str(folder), "--local-task", f"sts={write_sts(tmp_path / 'sts.tsv')}", "--device", "cpu"]
+    out = tmp_path / "eval"
+    run_cli_in_process(args + ["--output-dir", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [".written_by.json", "results", "summary.json"]
+    first = (out / "summary.json").read_text()
+    with pytest.raises(SystemExit, match=r"--output-dir .*eval: holds an earlier output of evaluate.py "
+                                         r"\(3 entries: .*\); pass --overwrite to replace it"):
+        run_cli_in_process(args + ["--output-dir", str(out)])
+    run_cli_in_process(args + ["--output-dir", str(out), "--overwrite"])  # its own output: replaced
+    assert (out / "summary.json").read_text() == first
+    (out / "notes.txt").write_text("mine")  # now the folder holds something evaluate.py did not write
+    with pytest.raises(SystemExit, match=r"eval: is a folder that evaluate.py did not write \(4 entries: .*notes.txt"):
+        run_cli_in_process(args + ["--output-dir", str(out), "--overwrite"])
+    assert (out / "notes.txt").read_text() == "mine" and (out / "summary.json").read_text() == first
+    (out / "notes.txt").unlink()
+    (out / ".written_by.json").unlink()  # an output written before the marker existed is recognised as evaluate's
+    run_cli_in_process(args + ["--output-dir", str(out), "--overwrite"])
+    with pytest.raises(SystemExit, match=r"model/eval: lies inside the model folder"):
+        run_cli_in_process(args + ["--output-dir", str(folder / "eval")])
+    with pytest.raises(SystemExit, match=r"tiny/eval: lies inside the data of --local-task retrieval="):
+        run_cli_in_process(args + ["--local-task", f"retrieval={tiny_beir}", "--output-dir", str(tiny_beir / "eval")])
+    assert not (folder / "eval").exists() and not (tiny_beir / "eval").exists()
 
 
 # ---------------------------------------------------------------- summary and --compare

@@ -572,3 +572,35 @@ def test_script_chains_train_and_evaluate_with_the_causal_lm_judge(tiny_encoder,
 
     again = chain.main(args, runner=nothing_to_run)  # a rerun asks nothing and trains nothing
     assert again["asked"] == 0 and again["tuned"] == report["tuned"]
+
+
+def test_script_refuses_an_output_dir_it_did_not_write_and_resumes_in_its_own(tiny_encoder, tmp_path, monkeypatch):
+    """OUTPUT_DIR is the chain's working folder: judgements, triplets, train.py's and evaluate.py's outputs go there.
+    A folder holding someone else's files (or inside an input) is refused before the first embedding; the chain's
+    own folder is resumed, as before."""
+    from scripts import llm_triplets
+
+    texts, labels = topic_texts()
+    data = write_csv(tmp_path / "topics.csv", texts, labels)
+    args = ["--model", tiny_encoder, "--input", data, "--judge", "oracle", "--num-triplets", "8", "--no-train"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    real_embed_texts = loop.embed_texts
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before the output folder was checked")
+
+    monkeypatch.setattr(loop, "embed_texts", no_embedding)
+    with pytest.raises(SystemExit, match=r"^error: --output-dir .*theirs: is a folder that scripts.llm_triplets did "
+                                         r"not write \(1 entry: notes.txt\)"):
+        llm_triplets.main(args + ["--output-dir", str(theirs)])
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    with pytest.raises(SystemExit, match=r"^error: --output-dir .*chain: lies inside --model "):
+        llm_triplets.main(args + ["--output-dir", f"{tiny_encoder}/chain"])
+    monkeypatch.setattr(loop, "embed_texts", real_embed_texts)
+    out = tmp_path / "out"
+    first = llm_triplets.main(args + ["--output-dir", str(out)])  # precondition: a new folder is written
+    (out / ".eval-base.abc123.partial").mkdir()  # what a killed evaluate.py leaves: the chain's own, too
+    again = llm_triplets.main(args + ["--output-dir", str(out)])  # its own folder: resumed from the cache
+    assert again["from_cache"] == first["asked"] == 8 and again["asked"] == 0

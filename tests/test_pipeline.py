@@ -14,6 +14,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from scripts.lib.pipeline import write_jsonl
+from storage.folders import OutputError
 from models.bi_encoder import BiEncoder
 from scripts import filter_consistency, mine_hard_negatives, prepare_nli, score_with_teacher, split_by_length
 from tests.helpers import DATA, minilm_path, needs_data, tiny_bi_encoder
@@ -201,9 +202,16 @@ def test_output_is_written_whole_or_not_at_all(tmp_path):
         raise RuntimeError("crashed mid-way")
 
     with pytest.raises(RuntimeError):
-        write_jsonl(target, rows())
+        write_jsonl(target, rows(), overwrite=True)
     assert target.read_text() == "previous run\n"
     assert os.listdir(tmp_path) == ["out.jsonl"]  # no temporary file left behind
+    # a file that is there when the new one is complete is replaced only with overwrite=True (the scripts check
+    # before any work too; this catches one that appeared meanwhile)
+    with pytest.raises(OutputError, match="out.jsonl: appeared while the tool ran; not replaced"):
+        write_jsonl(target, [{"query": "q", "pos": ["p"]}])
+    assert target.read_text() == "previous run\n" and os.listdir(tmp_path) == ["out.jsonl"]
+    write_jsonl(target, [{"query": "q", "pos": ["p"]}], overwrite=True)
+    assert read_jsonl(target) == [{"query": "q", "pos": ["p"]}]
 
 
 def test_beir_folder_gives_queries_and_positives_from_qrels(tiny_model, tmp_path):
@@ -321,7 +329,7 @@ def test_split_by_length_puts_each_row_in_its_range(train_file, tmp_path):
         name = "train_len-0-16.jsonl" if n < 16 else "train_len-16-20.jsonl" if n < 20 else "train_len-20-inf.jsonl"
         expected.setdefault(name, []).append(row)
     assert len(expected) >= 2  # the data really spans several ranges
-    assert sorted(os.listdir(tmp_path / "split")) == sorted(expected)
+    assert sorted(os.listdir(tmp_path / "split")) == sorted([*expected, ".written_by.json"])  # + the rule's marker
     for name, rows in expected.items():
         assert read_jsonl(tmp_path / "split" / name) == rows
     assert sum(counts.values()) == len(make_rows())
@@ -399,18 +407,132 @@ def test_mine_score_train_end_to_end(tiny_model, tiny_reranker, train_file, tmp_
     assert BiEncoder.from_pretrained(str(tmp_path / "model")).dim == 64
 
 
+# ------------------------------------------------------------------ outputs: checked before any work
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded although the output is refused")
+
+    for module in (mine_hard_negatives, filter_consistency, score_with_teacher):
+        monkeypatch.setattr(module, "load_encoder", must_not_load)
+
+
+def nli_file(tmp_path) -> str:
+    path = tmp_path / "nli.tsv"
+    path.write_text("sentence1\tsentence2\tgold_label\nA man eats.\tSomeone eats.\tentailment\n"
+                    "A man eats.\tNobody eats.\tcontradiction\n", encoding="utf-8")
+    return str(path)
+
+
+def test_every_output_file_is_checked_before_any_model_loads(tiny_model, train_file, tmp_path, no_model_loading):
+    """A folder as --output (IsADirectoryError only after mining), an input as the output, an existing file (silently
+    replaced), a parent that is a file: each a one-line error before any model loads, nothing touched."""
+    nli = nli_file(tmp_path)
+    scripts = {
+        "mine_hard_negatives": (mine_hard_negatives, ["--model", tiny_model, "--input", train_file, "--no-cache"]),
+        "score_with_teacher": (score_with_teacher, ["--teacher", tiny_model, "--teacher-type", "bi-encoder",
+                                                    "--input", train_file]),
+        "filter_consistency": (filter_consistency, ["--model", tiny_model, "--input", train_file, "--no-cache"]),
+        "prepare_nli": (prepare_nli, ["--input", nli]),
+    }
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text("someone's rows\n")
+    for name, (script, args) in scripts.items():
+        source = nli if name == "prepare_nli" else train_file
+        cases = [(tmp_path / "a-folder", "is a folder, not a file"),
+                 (source, f"is the input --input {source}; writing it would overwrite what the tool reads"),
+                 (existing, "exists; pass --overwrite to replace it"),
+                 (tmp_path / "a-file" / "out.jsonl", f"{tmp_path / 'a-file'} is a file, so the folder")]
+        if name != "prepare_nli":
+            cases.append((os.path.join(tiny_model, "out.jsonl"), f"lies inside the input {args[0]} {tiny_model}"))
+        for output, message in cases:
+            with pytest.raises(SystemExit) as stop:
+                script.main([*args, "--output", str(output)])
+            assert str(stop.value.code).startswith(f"error: --output {output}: ") and message in stop.value.code, \
+                (name, stop.value.code)
+    assert existing.read_text() == "someone's rows\n" and not os.listdir(tmp_path / "a-folder")
+    assert not os.path.exists(os.path.join(tiny_model, "out.jsonl"))
+
+
+def test_an_existing_output_file_is_replaced_only_with_overwrite(tiny_model, train_file, tmp_path, capsys):
+    nli, out = nli_file(tmp_path), tmp_path / "triplets.jsonl"
+    prepare_nli.main(["--input", nli, "--output", str(out)])  # precondition: a new file is written
+    first = out.read_text()
+    out.write_text("edited by hand\n")
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        prepare_nli.main(["--input", nli, "--output", str(out)])
+    assert out.read_text() == "edited by hand\n"
+    prepare_nli.main(["--input", nli, "--output", str(out), "--overwrite"])
+    assert out.read_text() == first
+    mined = tmp_path / "mined.jsonl"
+    mine(tiny_model, train_file, mined, "--range", "2-12")
+    rows = read_jsonl(mined)
+    mine(tiny_model, train_file, mined, "--range", "2-12", "--overwrite")
+    assert read_jsonl(mined) == rows  # the same rows again
+    for script in (mine_hard_negatives, score_with_teacher, filter_consistency, prepare_nli, split_by_length):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--help"])
+        assert "--overwrite" in capsys.readouterr().out, script.__name__  # each --help says how to replace
+
+
+def test_split_by_length_output_dir_follows_the_folder_rule(train_file, tmp_path):
+    tokenizer = minilm_path()
+    args = ["--input", train_file, "--tokenizer", tokenizer, "--length-list", "0", "16"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"--output-dir .*theirs: is a folder that scripts.split_by_length did not "
+                                         r"write \(1 entry: notes.txt\)"):
+        split_by_length.main(args + ["--output-dir", str(theirs)])
+    assert os.listdir(theirs) == ["notes.txt"]
+    out = tmp_path / "split"
+    first = split_by_length.main(args + ["--output-dir", str(out)])  # precondition: a new folder is written
+    with pytest.raises(SystemExit, match="holds an earlier output of scripts.split_by_length .*pass --overwrite"):
+        split_by_length.main(args + ["--output-dir", str(out)])
+    assert split_by_length.main(args + ["--output-dir", str(out), "--overwrite"]) == first
+    inside = out / "train_len-0-16.jsonl"
+    with pytest.raises(SystemExit, match=r"holds --input .*train_len-0-16.jsonl, which replacing the folder would "
+                                         r"delete"):
+        split_by_length.main(["--input", str(inside), "--tokenizer", tokenizer, "--output-dir", str(out),
+                              "--overwrite"])
+    assert inside.is_file()
+
+
+def test_make_sample_data_replaces_only_its_own_folder(tmp_path):
+    from scripts import make_sample_data
+
+    small = ["--train-rows", "20", "--sts-pairs", "10", "--queries", "5"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "train.jsonl").write_text("my own rows\n")
+    (theirs / "notes.txt").write_text("mine")
+    for overwrite in ([], ["--overwrite"]):  # someone else's folder: refused, --overwrite or not
+        with pytest.raises(SystemExit, match="is a folder that scripts.make_sample_data did not write"):
+            make_sample_data.main(["--output", str(theirs), *overwrite, *small])
+    assert (theirs / "train.jsonl").read_text() == "my own rows\n"
+    out = tmp_path / "sample"
+    make_sample_data.main(["--output", str(out), *small])  # precondition: a new folder is written
+    first = (out / "train.jsonl").read_bytes()
+    with pytest.raises(SystemExit, match="holds an earlier output of scripts.make_sample_data"):
+        make_sample_data.main(["--output", str(out), *small])
+    make_sample_data.main(["--output", str(out), "--overwrite", *small])
+    assert (out / "train.jsonl").read_bytes() == first
+
+
 # ------------------------------------------------------------------ how the README runs the tools
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
 def test_every_script_and_benchmark_runs_as_a_module_from_the_repository_root(monkeypatch, capsys):
     """`python -m scripts.NAME` / `python -m benchmarks.NAME` (the README's commands) import and parse --help, run
-    as __main__ the way `-m` runs them (runpy, repository root on sys.path as pytest's pythonpath puts it); no file
-    edits sys.path."""
+    as __main__ the way `-m` runs them (runpy, repository root on sys.path as pytest's pythonpath puts it); only
+    scripts/_repo_root.py (imported when a script runs as a file) edits sys.path."""
     import runpy
 
     from tests.helpers import REPO
 
     names = sorted(f"{folder}.{p.stem}" for folder in ("scripts", "benchmarks")
-                   for p in (REPO / folder).glob("*.py") if p.stem not in ("__init__", "machine"))
+                   for p in (REPO / folder).glob("*.py") if p.stem not in ("__init__", "machine", "_repo_root"))
     assert "scripts.mine_hard_negatives" in names and "benchmarks.bench_padding" in names  # the glob found them
     for name in names:
         monkeypatch.setattr("sys.argv", [name, "--help"])
@@ -418,5 +540,21 @@ def test_every_script_and_benchmark_runs_as_a_module_from_the_repository_root(mo
             runpy.run_module(name, run_name="__main__", alter_sys=True)
         assert stop.value.code in (0, None), name
         assert "usage:" in capsys.readouterr().out, name
-    for folder in ("scripts", "benchmarks"):
-        assert not [p for p in (REPO / folder).rglob("*.py") if "sys.path" in p.read_text()]
+    editors = [p.relative_to(REPO) for folder in ("scripts", "benchmarks") for p in (REPO / folder).rglob("*.py")
+               if "sys.path" in p.read_text()]
+    assert [str(p) for p in editors] == [os.path.join("scripts", "_repo_root.py")]
+
+
+def test_scripts_run_as_files_from_any_folder(tmp_path):
+    """`python scripts/NAME.py --help`, as users type it, stopped with ModuleNotFoundError: No module named 'data'."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, subprocess_env
+
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}  # only the script's own bootstrap
+    for name in ("mine_hard_negatives", "llm_triplets"):
+        res = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), "--help"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and "usage:" in res.stdout, (name, res.stderr[-2000:])
+        assert "--overwrite" in res.stdout or name == "llm_triplets"

@@ -2,9 +2,10 @@
 split_by_length.py, filter_consistency.py, prepare_nli.py) and benchmarks/bench_mining.py: corpus reading, all-or-nothing output files, the
 on-disk corpus-embedding cache and exact inner-product top-k search.
 
-Outputs are written to a temporary file beside the target and renamed into place only when complete, so a run
-that stops on bad data or a crash never leaves a partial file under the final name; re-running with the same
-inputs and seed rewrites the same file.
+Outputs are checked before any model loads (`check_output`: not a folder, not an input, an existing file only
+with --overwrite), written to a temporary file beside the target and renamed into place only when complete, so a
+run that stops on bad data or a crash never leaves a partial file under the final name; re-running with the same
+inputs, seed and --overwrite rewrites the same file.
 """
 from __future__ import annotations
 
@@ -22,14 +23,18 @@ from data.examples import DataError, Example
 from data.text import mteb_document_text
 from evaluation.task_files import read_table
 from models.bi_encoder import encode_precision
+from models.checks import check_model_folder, check_tokenizer_folder, find_model
 from models.loading import load_bi_encoder
 from models.revision import checkpoint_revision
+from storage.files import check_output_file
+from storage.folders import OutputError
 
 
 # ------------------------------------------------------------------ output
 @contextmanager
-def atomic_outputs(paths: list[str | Path]):
-    """Yield one open text file per path; all are renamed into place together on success, removed on error."""
+def atomic_outputs(paths: list[str | Path], *, overwrite: bool = False):
+    """Yield one open text file per path; all are renamed into place together on success, removed on error.
+    An existing path is replaced only with overwrite=True (checked again here: it may have appeared meanwhile)."""
     handles = []
     try:
         for path in paths:
@@ -38,6 +43,9 @@ def atomic_outputs(paths: list[str | Path]):
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             handles.append((os.fdopen(fd, "w", encoding="utf-8"), tmp, path))
         yield [f for f, _, _ in handles]
+        existing = [str(path) for _, _, path in handles if os.path.lexists(path)]
+        if existing and not overwrite:
+            raise OutputError(f"{', '.join(existing)}: appeared while the tool ran; not replaced (pass --overwrite)")
         for f, tmp, path in handles:
             f.close()
             os.replace(tmp, path)
@@ -48,14 +56,41 @@ def atomic_outputs(paths: list[str | Path]):
                 os.unlink(tmp)
 
 
-def write_jsonl(path: str | Path, rows) -> int:
-    """Write dict rows as JSONL atomically; returns the number written."""
+def write_jsonl(path: str | Path, rows, *, overwrite: bool = False) -> int:
+    """Write dict rows as JSONL atomically; returns the number written. An existing file is replaced only with
+    overwrite=True."""
     n = 0
-    with atomic_outputs([path]) as (f,):
+    with atomic_outputs([path], overwrite=overwrite) as (f,):
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def add_overwrite_flag(parser, what: str = "--output file") -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an existing {what}; without this flag an existing one is refused (never "
+                             "overwritten), and with it the old one is replaced only once the new one is complete")
+
+
+def check_output(path: str, inputs: list[tuple[str, str | None]], overwrite: bool, flag: str = "--output") -> None:
+    """A script's output file checked before any model loads (storage/files.py); SystemExit `error: ...`.
+    inputs: (flag, path) of everything the script reads."""
+    try:
+        check_output_file(path, inputs, overwrite=overwrite, flag=flag)
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def check_model(name_or_path: str, flag: str, tokenizer_only: bool = False) -> None:
+    """A --model / --teacher / --tokenizer checked before any work: a complete local folder (only its tokenizer
+    files with tokenizer_only), a cached Hub id, or (online) a valid Hub id; SystemExit `error: ...` otherwise."""
+    try:
+        path = find_model(name_or_path, download=False)
+        if path is not None:
+            (check_tokenizer_folder if tokenizer_only else check_model_folder)(path)
+    except ValueError as e:
+        raise SystemExit(f"error: {flag} {e}") from None
 
 
 def example_to_row(ex: Example) -> dict:
