@@ -31,6 +31,7 @@ from losses import LOSS_NAMES, build_loss, loss_temperature
 from losses.gte import DIRECTIONS
 from losses.tiled import DEFAULT_TILE, choose_tiling
 from models.bi_encoder import BiEncoder
+from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
 from models.pooling import POOLING_MODES
 from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
@@ -426,6 +427,7 @@ def check_options(cfg: TrainConfig) -> None:
             if hub_offline():
                 raise SystemExit(f"{flag} {path}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE is "
                                  f"set), so it cannot be downloaded; pass a local folder")
+    check_model_files(cfg)
     if cfg.eval_sts:  # read and checked now, not at the first evaluation after hours of training
         from evaluation.task_files import TaskDataError, TaskFileNotFoundError, read_sts
         try:
@@ -433,6 +435,27 @@ def check_options(cfg: TrainConfig) -> None:
         except (TaskDataError, TaskFileNotFoundError) as e:
             raise SystemExit(f"--eval-sts: {e}") from None
     check_output_dir(cfg.output_dir, asdict(cfg), cfg.overwrite_output_dir, cfg.resume_from_checkpoint)
+
+
+def check_model_files(cfg: TrainConfig) -> None:
+    """A local model folder has its config, weights and tokenizer files (else transformers builds a tokenizer of a
+    few special tokens and every word becomes [UNK]); the max lengths fit the backbone's positions (else the first
+    step fails on a tensor size). Reads JSON files only; a Hub id is checked once downloaded (models/checks.py)."""
+    try:
+        if cfg.from_config:
+            check_tokenizer_folder(cfg.model)
+        else:
+            check_model_folder(cfg.model)
+        source = cfg.from_config or cfg.model
+        if os.path.isdir(source):
+            for note in check_max_lengths(source, query_max_len=cfg.query_max_len,
+                                          passage_max_len=cfg.passage_max_len):
+                print(f"note: {note}", flush=True)
+    except MaxLengthError as e:
+        raise SystemExit(f"{option_name(cfg, e.field)} {e.value}: {e.reason}") from None
+    except ValueError as e:
+        flag = "--from-config" if cfg.from_config and "tokenizer" not in str(e) else "--model"
+        raise SystemExit(f"{flag} {e}") from None
 
 
 def check_run_shape(cfg: TrainConfig, group_size: int, loss_fn, accelerator) -> None:

@@ -15,6 +15,9 @@ any other existing folder or file at --output is refused, never deleted. The for
 """
 from __future__ import annotations
 
+if not __package__:  # run as a file, python scripts/NAME.py: makes the repository root importable
+    import _repo_root  # noqa: F401
+
 import argparse
 import os
 import sys

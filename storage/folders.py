@@ -128,6 +128,7 @@ def staged_folder(target: str, tool: str, *, overwrite: bool, flag: str = "--out
     _remove_stale_staging(target, tool, log)
     name = os.path.basename(target)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=STAGING_SUFFIX)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the published folder gets the usual mode
     _write_marker(staging, tool, staging_for=name)
     try:
         yield staging
@@ -164,10 +165,15 @@ def _write_marker(folder: str, tool: str, staging_for: str | None = None) -> Non
 def apply_umask(folder: str) -> None:
     """Give the files under folder the mode the umask allows (0644 under umask 022): some writers (safetensors)
     create theirs 0600 whatever the umask, so another user of a shared model folder could not read them."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o666 & ~mask)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -421,3 +421,21 @@ def test_sigterm_without_checkpoints_does_not_promise_a_resume(capsys):
         guard.exit_after_sigterm(7, None)
     text = capsys.readouterr().out
     assert "no checkpoint written (--save-steps is 0)" in text and "Resume with" not in text
+
+
+# ---------------------------------------------------------------- 5, 12 (train.py side; models/checks.py)
+def test_train_py_refuses_a_model_folder_without_tokenizer_files(tiny, tmp_path):
+    model, data = tiny
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt", "special_tokens_map.json"))
+    with pytest.raises(SystemExit, match=r"--model .*bare: not a complete model folder: no tokenizer files"):
+        run_train(str(bare), data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # stopped before claiming the output folder
+
+
+def test_train_py_refuses_max_lengths_beyond_the_position_table(tiny, tmp_path):
+    model, data = tiny
+    limit = json.load(open(os.path.join(model, "config.json")))["max_position_embeddings"]
+    with pytest.raises(SystemExit, match=rf"--passage-max-len {limit + 1}: more than the {limit} tokens"):
+        run_train(model, data, tmp_path / "out", "--passage-max-len", str(limit + 1))
+    run_train(model, data, tmp_path / "ok", "--passage-max-len", str(limit))  # precondition: the limit itself trains

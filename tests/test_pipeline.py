@@ -553,7 +553,7 @@ def test_scripts_run_as_files_from_any_folder(tmp_path):
     from tests.helpers import REPO, subprocess_env
 
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}  # only the script's own bootstrap
-    for name in ("mine_hard_negatives", "llm_triplets"):
+    for name in ("mine_hard_negatives", "llm_triplets", "prepare_data"):
         res = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), "--help"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0 and "usage:" in res.stdout, (name, res.stderr[-2000:])

@@ -65,8 +65,9 @@ def train_command(model: str, train_jsonl: Path, output_dir: Path, seed: int, ex
 
 
 def evaluate_command(model: str, eval_file: str, output_dir: Path, extra: list[str] = ()) -> list[str]:
+    # --overwrite: the chain owns its eval folders, and reruns one whose command changed
     return [sys.executable, str(REPO / "evaluate.py"), "--model", str(model),
-            "--local-task", f"clustering={eval_file}", "--output-dir", str(output_dir), *extra]
+            "--local-task", f"clustering={eval_file}", "--output-dir", str(output_dir), "--overwrite", *extra]
 
 
 def read_scores(eval_dir: Path) -> dict[str, float]:
