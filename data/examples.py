@@ -6,8 +6,11 @@ Formats (detected from the extension and the columns / keys):
 - NLI TSV/JSONL `sentence1, sentence2, gold_label`: labelled pairs for the `softmax` loss, or turned into
   (premise, entailment, contradiction) groups for the contrastive losses;
 - scored pairs TSV/JSONL `sentence1, sentence2, score` (e.g. STS): labelled pairs for the `cosine` loss;
-- a local `datasets` folder (`save_to_disk` output or a folder of data files) or a Hub dataset id, whose
-  rows follow any of the layouts above.
+- Parquet / Arrow files (rows numbered from 1 in place of lines);
+- a folder of such files: every data file in it (subfolders too, sorted by path) is read by its own reader, rows
+  named `folder/file.jsonl:line`, all one source; files may differ in columns, not in row format;
+- a `datasets` folder (`save_to_disk` output) or a Hub dataset id, read by `datasets`; their rows follow any of
+  the layouts above and are named `path:row`.
 Bad rows stop the run with `DataError("file:line: field ...: problem")`; with `skip_bad_rows` they are
 counted and reported instead, never dropped silently.
 """
@@ -17,10 +20,11 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from data.tables import DataError, iter_table, table_format
+from data.tables import COLUMNAR_FORMATS, TABLE_FORMATS, DataError, iter_columnar, iter_table, table_format
 
 FLOAT32_MAX = 3.4028234663852886e38  # teacher scores become float32 tensors
 
@@ -75,10 +79,11 @@ def hub_offline() -> bool:
 
 
 def check_data_path(path: str) -> None:
-    """DataError unless `path` is a file, a folder, or (while online) something that can be a Hub dataset id."""
+    """DataError unless `path` is a file, a folder we can read (`folder_files`), or (while online) something that can
+    be a Hub dataset id."""
     if os.path.exists(path):
-        if os.path.isdir(path):
-            _folder_data_files(path)
+        if os.path.isdir(path) and not is_saved_dataset(path):
+            folder_files(path)
         return
     if not looks_like_hub_id(path):
         raise DataError(f"{path}: file not found")
@@ -87,41 +92,102 @@ def check_data_path(path: str) -> None:
                         "cannot be a Hub dataset; pass a local path")
 
 
-def _folder_data_files(path: str) -> None:
-    """A plain folder is read by `datasets` with one reader, chosen from its files' extensions: refuse a folder
-    whose data files have more than one format, which would silently leave the others out."""
-    if any(os.path.exists(os.path.join(path, marker)) for marker in SAVED_DATASET_MARKERS):
-        return
-    formats: dict[str, list[str]] = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            kind = DATA_FILE_FORMATS.get(os.path.splitext(name)[1].lower())
-            if kind:
-                formats.setdefault(kind, []).append(os.path.relpath(os.path.join(root, name), path))
-    if len(formats) > 1:
-        listed = "; ".join(f"{kind}: {', '.join(sorted(files)[:3])}{' ...' if len(files) > 3 else ''}"
-                           for kind, files in sorted(formats.items()))
-        raise DataError(f"{path}: the folder holds data files of {len(formats)} formats ({listed}); only one "
-                        "would be read. Keep one format per folder, or pass the files as separate --train-data")
+def check_data_paths(paths: list[str]) -> None:
+    """`check_data_path` for each, and DataError when two name the same data: the same path twice, two paths of one
+    file (a link, `./a` and `a`), or a file inside a folder that is also given (read whole)."""
+    for path in paths:
+        check_data_path(path)
+    real = [os.path.realpath(p) if os.path.exists(p) else p for p in paths]
+    for j in range(len(paths)):
+        for i in range(j):
+            if real[i] == real[j]:
+                kind = "folder" if os.path.isdir(real[i]) else "file"
+                same = "given twice" if paths[i] == paths[j] else f"the same {kind} as {paths[i]}"
+                raise DataError(f"{paths[j]}: {same}; give each training source once (it would be read twice)")
+            for inner, outer in ((i, j), (j, i)):
+                if os.path.isdir(real[outer]) and real[inner].startswith(real[outer].rstrip(os.sep) + os.sep):
+                    raise DataError(f"{paths[inner]}: lies inside the folder {paths[outer]}, which is also given and "
+                                    "read whole; give one or the other (its rows would be read twice)")
 
 
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-DATA_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".tsv": "csv/tsv", ".csv": "csv/tsv", ".txt": "text",
-                     ".parquet": "parquet", ".arrow": "arrow"}
+COLUMNAR_SUFFIXES = tuple(COLUMNAR_FORMATS)
+DATA_FILE_SUFFIXES = tuple(TABLE_FORMATS) + COLUMNAR_SUFFIXES
+HELD_OUT_WORDS = {"test", "testing", "dev", "val", "valid", "validation", "eval", "evaluation", "heldout"}
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A `datasets` folder (`save_to_disk`): read by `datasets`, not file by file."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS)
+
+
+def _is_documentation(name: str) -> bool:
+    """A dataset card or licence beside the data (README.md, LICENSE): not a data file, skipped."""
+    return name.lower().endswith((".md", ".rst")) or name.upper().startswith(("LICENSE", "LICENCE", "COPYING",
+                                                                               "NOTICE"))
+
+
+def folder_files(path: str) -> list[str]:
+    """The data files of a plain folder (not `save_to_disk`), sorted by path, subfolders included; hidden entries
+    and documentation are skipped. Each is read by its own reader (`iter_raw_rows`). DataError naming the folder
+    when it holds no data file, a file no reader here reads (e.g. a loading script), or a file named like a held-out
+    split (`test.jsonl`, `dev/`: training reads every file of a folder)."""
+    files, unreadable, seen = [], [], set()
+    for root, dirs, names in os.walk(path, followlinks=True):
+        if os.path.realpath(root) in seen:  # a link back to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(root))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if name.startswith(".") or _is_documentation(name):
+                continue
+            file = os.path.join(root, name)
+            (files if name.lower().endswith(DATA_FILE_SUFFIXES) else unreadable).append(file)
+    if unreadable:
+        raise DataError(f"{path}: holds files that are not training data this code reads: "
+                        f"{_listed(path, unreadable)}; a folder may hold only {', '.join(DATA_FILE_SUFFIXES)} "
+                        "files (each read as one part of this source); move the others out")
+    if not files:
+        raise DataError(f"{path}: the folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)})")
+    held_out = [f for f in files if HELD_OUT_WORDS & set(re.split(r"[^a-z]+", os.path.relpath(f, path).lower()))]
+    if held_out:
+        raise DataError(f"{path}: holds {_listed(path, held_out)}, named like a held-out split; every file of a "
+                        "folder is training data, so move it out (or give the training files themselves)")
+    return sorted(files)
+
+
+def _listed(folder: str, files: list[str], most: int = 5) -> str:
+    names = sorted(os.path.relpath(f, folder) for f in files)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def iter_raw_rows(path: str):
-    """Yield (line_number, dict) from a JSONL / TSV / CSV file (data/tables.py), a datasets folder or a Hub dataset id."""
+    """Yield ("file:line", dict) for every row of a JSONL / TSV / CSV / Parquet / Arrow file (data/tables.py), of every
+    data file of a plain folder in turn (`folder_files`; named `folder/sub/file.jsonl:line`), or of a `datasets`
+    folder or Hub dataset id (named `path:row`)."""
     check_data_path(path)
-    if os.path.isdir(path) or not os.path.exists(path):
+    if os.path.isdir(path) and not is_saved_dataset(path):
+        for file in folder_files(path):
+            yield from _iter_file(file)
+    elif os.path.isdir(path) or not os.path.exists(path):
         yield from _iter_dataset(path)
-        return
+    else:
+        yield from _iter_file(path)
+
+
+def _iter_file(path: str):
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
-    if table_format(path) is None:
-        raise DataError(f"{path}: unknown file type {os.path.splitext(path)[1].lower()!r} (use .jsonl, .tsv or .csv, "
-                        "or a datasets folder)")
-    yield from iter_table(path)
+    if path.lower().endswith(COLUMNAR_SUFFIXES):
+        rows = iter_columnar(path)
+    elif table_format(path) is not None:
+        rows = iter_table(path)
+    else:
+        raise DataError(f"{path}: unknown file type {os.path.splitext(path)[1].lower()!r} (use "
+                        f"{', '.join(DATA_FILE_SUFFIXES)}, or a datasets folder)")
+    for n, row in rows:
+        yield f"{path}:{n}", row
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -129,18 +195,28 @@ def looks_like_hub_id(path: str) -> bool:
 
 
 def _iter_dataset(path: str):
+    """Rows of a `save_to_disk` folder or a Hub dataset id, read by `datasets`; its errors name the path."""
     import datasets
 
-    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS):
-        ds = datasets.load_from_disk(path)
-    else:
-        ds = datasets.load_dataset(path)
+    what = "a datasets folder (save_to_disk)" if os.path.isdir(path) else "a Hub dataset"
+    try:
+        ds = datasets.load_from_disk(path) if os.path.isdir(path) else datasets.load_dataset(path)
+    except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+        raise DataError(f"{path}: cannot read it as {what} ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
             raise DataError(f"{path}: dataset has splits {list(ds)} but no 'train' split")
         ds = ds["train"]
-    for n, row in enumerate(ds, start=1):
-        yield n, dict(row)
+    rows, n = iter(ds), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise DataError(f"{path}:{n + 1}: cannot read the row from {what} ({type(e).__name__}: {e})") from None
+        n += 1
+        yield f"{path}:{n}", dict(row)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -268,12 +344,12 @@ def iter_examples(paths: list[str] | str, pair_kind: str | None = None, score_ma
     must be labelled pairs of that kind. Skipped rows and notes go to `report`.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
+    check_data_paths(paths)
     report = report if report is not None else LoadReport()
     order = ("group", "nli", "scored")
     for file_index, path in enumerate(paths):
         kind, nli_pairs = None, []
-        for n, row in iter_raw_rows(path):
-            where = f"{path}:{n}"
+        for where, row in iter_raw_rows(path):
             try:
                 row_kind, ex = parse_row(row, where, score_max)
             except DataError as e:
@@ -282,11 +358,13 @@ def iter_examples(paths: list[str] | str, pair_kind: str | None = None, score_ma
                 report.skipped[str(e).split(": ", 1)[1]] += 1
                 continue
             if kind is None:
-                kind = row_kind
+                kind, first = row_kind, where
                 _check_kind(path, kind, pair_kind)
             elif row_kind != kind:
                 found = sorted({kind, row_kind}, key=order.index)
-                raise DataError(f"{path}: mixes row formats {found}; use one format per file")
+                one = "folder (one source: one format across its files)" if os.path.isdir(path) else "file"
+                raise DataError(f"{path}: mixes row formats {found} ({kind} at {first}, {row_kind} at {where}); use "
+                                f"one format per {one}")
             ex.file_index = file_index
             report.rows += 1
             if kind == "nli" and not pair_kind:

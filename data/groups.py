@@ -114,7 +114,7 @@ class PreparedGroupedDataset(_Groups):
         if label is not None and self.label_kind == "nli":
             label = int(label)
         return Example(r["query"], r["pos"], r["neg"], r["pos_scores"], r["neg_scores"], r["prompt"], label,
-                       source=f"{self.corpus.source_names[r['source']]}:{r['line']}", file_index=r["source"])
+                       source=self.corpus.location(r), file_index=r["source"])
 
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)

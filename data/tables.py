@@ -1,5 +1,5 @@
 """The one reader of table files (JSONL, TSV, CSV), for training data (data/examples.py) and evaluation task files
-(evaluation/task_files.py).
+(evaluation/task_files.py), and of columnar files (Parquet, Arrow) for training data.
 
 - `.jsonl` (also `.json`): one JSON object per line; blank lines are skipped.
 - `.tsv` (also `.txt`): tab-separated with a header row, fields taken verbatim (QUOTE_NONE): STS/NLI sentences
@@ -10,6 +10,9 @@ Every file is decoded as UTF-8 with an optional byte-order mark (`utf-8-sig`), s
 spreadsheet program reads like any other. A line with no text is skipped; any other row must have as many
 fields as the header. Problems raise `TableError("path:line: problem")` naming the file and, where there is
 one, the line. The reader streams (a generator), so a caller can read files larger than memory.
+
+- `.parquet` / `.arrow` (an Arrow IPC stream, as `datasets` writes, or file): read with pyarrow, record batch by
+  record batch; a row's number (from 1) stands where a text file has its line.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Iterator
 
 # Suffix -> format. Evaluation looks for task splits by the first three only (evaluation/task_files.py).
 TABLE_FORMATS = {".jsonl": "jsonl", ".tsv": "tsv", ".csv": "csv", ".json": "jsonl", ".txt": "tsv"}
+COLUMNAR_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}  # training data only (`iter_columnar`)
 # Some STS/NLI sentences are long; the csv module's default 128 KiB field limit is not a property of the data.
 FIELD_SIZE_LIMIT = min(sys.maxsize, 2**31 - 1)
 
@@ -102,6 +106,35 @@ def _iter_delimited(path: str | Path, delimiter: str):
                 raise TableError(path, f"expected {len(header)} {kind}-separated fields ({', '.join(header)}), "
                                        f"found {len(fields)}", reader.line_num)
             yield reader.line_num, dict(zip(header, fields))
+
+
+def iter_columnar(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (row number from 1, {column: value}) for every row of a .parquet or .arrow file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = COLUMNAR_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise TableError(path, f"unsupported file type {Path(path).suffix.lower()!r}; use one of "
+                               f"{', '.join(COLUMNAR_FORMATS)}")
+    n = 0
+    try:
+        if kind == "parquet":
+            batches = pq.ParquetFile(str(path)).iter_batches(batch_size=1000)
+        else:
+            try:
+                batches = iter(pa.ipc.open_stream(pa.memory_map(str(path))))
+            except pa.ArrowInvalid:  # not a stream: the random-access file format
+                reader = pa.ipc.open_file(pa.memory_map(str(path)))
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        for batch in batches:
+            batch.validate(full=True)  # offsets and UTF-8, before Python decodes the values
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except (pa.ArrowException, OSError) as err:
+        past = f" past row {n}" if n else ""
+        raise TableError(path, f"cannot read it as {kind}{past} ({type(err).__name__}: {err})") from None
 
 
 def _next_row(reader) -> list[str] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -112,6 +113,144 @@ def test_missing_empty_malformed_and_unknown_files(tmp_path):
     (tmp_path / "data.parquet.txt2").write_text("x")
     with pytest.raises(DataError, match="unknown file type"):
         load_examples(str(tmp_path / "data.parquet.txt2"))
+
+
+# ---------------------------------------------------------------- folders: read file by file, named file:line
+def folder_of(tmp_path, files: dict) -> str:
+    """tmp_path/data holding files {name: rows (JSON objects) or text}."""
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            (folder / name).write_text(content, encoding="utf-8")
+        else:
+            write(folder, name, content)
+    return str(folder)
+
+
+def test_a_folder_is_read_file_by_file_in_path_order_each_row_named_by_file_and_line(tmp_path):
+    """Issue 25: two JSONL files with different columns failed inside `datasets` (CastError). Each row is valid on
+    its own, so both files are read, in path order, as one source."""
+    scored = {**GOOD, "pos_scores": [0.9], "neg_scores": [0.1, 0.2], "prompt": "query: "}
+    folder = folder_of(tmp_path, {"b.jsonl": [GOOD, GOOD], "a.jsonl": [scored], "sub/c.tsv":
+                                  "anchor\tpositive\nq\tp\n", "README.md": "# a dataset card"})
+    examples, report = load_examples([folder])
+    assert [ex.source for ex in examples] == [f"{folder}/a.jsonl:1", f"{folder}/b.jsonl:1", f"{folder}/b.jsonl:2",
+                                              f"{folder}/sub/c.tsv:2"]
+    assert examples[0].pos_scores == [0.9] and examples[1].pos_scores is None and examples[3].query == "q"
+    assert {ex.file_index for ex in examples} == {0} and report.rows == 4
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    write(other, "d.jsonl", [GOOD])
+    os.symlink(other, tmp_path / "data" / "linked")  # a linked subfolder is read too, and a link back is not
+    os.symlink(tmp_path / "data", other / "back")
+    assert [ex.source for ex in load_examples([folder])[0]] == [
+        f"{folder}/a.jsonl:1", f"{folder}/b.jsonl:1", f"{folder}/b.jsonl:2", f"{folder}/linked/d.jsonl:1",
+        f"{folder}/sub/c.tsv:2"]
+
+
+def test_a_folder_row_error_names_the_file_and_line(tmp_path):
+    """Issue 25: a malformed JSONL in a folder gave DatasetGenerationError, naming no file or line."""
+    folder = folder_of(tmp_path, {"a.jsonl": [GOOD], "b.jsonl": [GOOD, '{"query": "q", "pos": ["x"]']})
+    with pytest.raises(DataError, match=rf"^{folder}/b.jsonl:2: invalid JSON"):
+        load_examples([folder])
+    (tmp_path / "data" / "b.jsonl").write_text(json.dumps(GOOD) + "\n")
+    assert len(load_examples([folder])[0]) == 2  # precondition: the folder reads once the line is fixed
+    write(tmp_path / "data", "c.jsonl", [{"query": "q"}])
+    with pytest.raises(DataError, match=rf"^{folder}/c.jsonl:1: field 'pos' is missing"):
+        load_examples([folder])
+
+
+def test_an_empty_folder_or_one_with_no_data_files_is_refused(tmp_path):
+    """Issue 25: an empty folder gave datasets' EmptyDatasetError (prepare_data too)."""
+    folder = folder_of(tmp_path, {})
+    with pytest.raises(DataError, match=rf"^{folder}: the folder holds no data files \(.jsonl, "):
+        load_examples([folder])
+    (tmp_path / "data" / "README.md").write_text("# only a card")
+    with pytest.raises(DataError, match=rf"^{folder}: the folder holds no data files"):
+        load_examples([folder])
+    write(tmp_path / "data", "a.jsonl", [GOOD])
+    assert len(load_examples([folder])[0]) == 1  # precondition: with a data file it reads
+
+
+@pytest.mark.parametrize("name", ["load.py", "rows.bin"])
+def test_a_folder_holding_a_file_no_reader_reads_is_refused_by_name(tmp_path, name):
+    """Issue 25: a .py file in a folder failed inside `datasets` (RuntimeError: dataset scripts)."""
+    folder = folder_of(tmp_path, {"a.jsonl": [GOOD]})
+    assert len(load_examples([folder])[0]) == 1  # precondition: the folder reads without it
+    (tmp_path / "data" / name).write_text("x = 1\n")
+    with pytest.raises(DataError, match=rf"^{folder}: holds files that are not training data this code reads: "
+                                        rf"{name}; a folder may hold only .jsonl"):
+        load_examples([folder])
+
+
+def test_a_folder_holding_a_held_out_split_is_refused(tmp_path):
+    """Every file of a folder is training data: a test / dev file there would be trained on (`datasets` read only a
+    `train` split out of such a folder, silently leaving the rest)."""
+    folder = folder_of(tmp_path, {"train.jsonl": [GOOD], "extra.jsonl": [GOOD]})
+    assert len(load_examples([folder])[0]) == 2  # precondition; before, `datasets` read train.jsonl alone
+    write(tmp_path / "data", "kornli-dev.jsonl", [GOOD])
+    with pytest.raises(DataError, match=rf"^{folder}: holds kornli-dev.jsonl, named like a held-out split"):
+        load_examples([folder])
+
+
+def test_a_folder_mixing_row_formats_names_both_files(tmp_path):
+    folder = folder_of(tmp_path, {"a.jsonl": [GOOD], "b.tsv": "sentence1\tsentence2\tgold_label\nP\tH\tentailment\n"})
+    with pytest.raises(DataError, match=rf"^{folder}: mixes row formats \['group', 'nli'\] \(group at "
+                                        rf"{folder}/a.jsonl:1, nli at {folder}/b.tsv:2\); use one format per folder"):
+        load_examples([folder])
+    assert len(load_examples([folder + "/a.jsonl", folder + "/b.tsv"])[0]) == 2  # as two sources they read
+
+
+def test_parquet_and_arrow_files_are_read_with_row_numbers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = folder_of(tmp_path, {})
+    pq.write_table(pa.Table.from_pylist([GOOD, {**GOOD, "query": "second"}]), f"{folder}/a.parquet")
+    table = pa.Table.from_pylist([{"query": "third", "pos": ["p"]}])
+    with pa.ipc.new_stream(f"{folder}/b.arrow", table.schema) as w:  # the stream format, as `datasets` writes
+        w.write_table(table)
+    examples, _ = load_examples([folder])
+    assert [(ex.query, ex.source) for ex in examples] == [
+        (GOOD["query"], f"{folder}/a.parquet:1"), ("second", f"{folder}/a.parquet:2"), ("third", f"{folder}/b.arrow:1")]
+    (tmp_path / "data" / "c.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=rf"^{folder}/c.parquet: cannot read it as parquet \(ArrowInvalid"):
+        load_examples([folder])
+
+
+def test_a_saved_dataset_goes_through_datasets_and_its_errors_name_the_path(tmp_path):
+    import datasets
+
+    folder = str(tmp_path / "saved")
+    datasets.Dataset.from_list([GOOD, GOOD]).save_to_disk(folder)
+    assert [ex.source for ex in load_examples([folder])[0]] == [f"{folder}:1", f"{folder}:2"]
+    for f in os.listdir(folder):
+        if f.endswith(".arrow"):
+            os.remove(os.path.join(folder, f))
+    with pytest.raises(DataError, match=rf"^{folder}: cannot read it as a datasets folder \(save_to_disk\) \("):
+        load_examples([folder])
+
+
+def test_the_same_data_given_twice_is_refused(tmp_path):
+    """Issue 25: the same --train-data path twice was accepted without a word, its rows read twice."""
+    folder = folder_of(tmp_path, {"a.jsonl": [GOOD], "b.jsonl": [GOOD]})
+    a, b = f"{folder}/a.jsonl", f"{folder}/b.jsonl"
+    os.symlink(a, tmp_path / "link.jsonl")
+    assert len(load_examples([a, b])[0]) == 2  # precondition: two files
+    for paths, message in [([a, a], rf"{a}: given twice"),
+                           ([a, f"{folder}/../data/a.jsonl"], rf"{folder}/../data/a.jsonl: the same file as {a}"),
+                           ([a, str(tmp_path / "link.jsonl")], rf"{tmp_path}/link.jsonl: the same file as {a}"),
+                           ([folder, folder], rf"{folder}: given twice"),
+                           ([folder, b], rf"{b}: lies inside the folder {folder}, which is also given")]:
+        with pytest.raises(DataError, match=f"^{message}"):
+            load_examples(paths)
+    from data.examples import check_data_paths  # what train.py checks its options with, before loading anything
+
+    check_data_paths([a, b])
+    with pytest.raises(DataError, match=rf"^{a}: given twice"):
+        check_data_paths([a, a])
 
 
 def test_skip_bad_rows_counts_every_reason(tmp_path):

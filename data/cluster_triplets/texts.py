@@ -21,8 +21,7 @@ class ClusteringTexts:
 def read_clustering_texts(path: str) -> ClusteringTexts:
     """Every row of `path` (.csv/.tsv/.jsonl); a missing or empty field stops with `file:line: field ...`."""
     texts, labels, label_column = [], [], None
-    for line, row in iter_raw_rows(str(path)):
-        where = f"{path}:{line}"
+    for where, row in iter_raw_rows(str(path)):
         if label_column is None:
             label_column = next((c for c in LABEL_COLUMNS if c in row), None)
             if label_column is None:
