@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from cli_config import option_name, parse_config
 from data.bucket_sampler import check_sampler_options
 from data.collator import Collator
-from data.examples import DataError, check_data_path, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
+from data.examples import DataError, check_data_paths, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, is_prepared, prepare_hint, read_manifest
 from data.train_sampler import build_prepared_sampler, build_train_sampler
@@ -284,11 +284,25 @@ def micro_batches(cfg: TrainConfig, dataset, sampler, loader, start: tuple, batc
         if cfg.same_dataset_batches:
             accelerator.print(sampler.describe_shares(epoch))  # realised share of each file / source this epoch
         dataset.set_epoch(epoch)
-        for i, batch in enumerate(loader, first):
+        batches = enumerate(loader, first)
+        while True:
+            try:
+                i, batch = next(batches)
+            except StopIteration:
+                break
+            except DataError as e:  # a row that fails to read (a damaged shard), named with its file
+                raise SystemExit(f"data error: {worker_message(e)}") from None
             if i == batches_per_epoch:  # a process with more batches than the others stops with them
                 break
             yield epoch, i, batch_to_device(batch, accelerator.device)
         epoch, first = epoch + 1, 0
+
+
+def worker_message(error: Exception) -> str:
+    """A DataLoader worker's error re-raised here carries the worker's traceback: its last line, without the
+    exception's class name."""
+    last = str(error).strip().splitlines()[-1]
+    return last.split("DataError: ", 1)[1] if "DataError: " in last else last
 
 
 def load_data(cfg: TrainConfig, model: BiEncoder, loss_fn, accelerator):
@@ -414,8 +428,7 @@ def check_options(cfg: TrainConfig) -> None:
                                  "corpus: scripts/prepare_data.py --input A B ...)")
             num_files = len(read_manifest(cfg.train_data[0])["sources"])
         else:
-            for path in cfg.train_data:
-                check_data_path(path)
+            check_data_paths(cfg.train_data)  # also: the same file given twice
         check_sampler_options(num_files, cfg.dataset_weights, cfg.same_dataset_batches, cfg.bucket_boundaries,
                               cfg.sampling_alpha)
     except ValueError as e:  # DataError included

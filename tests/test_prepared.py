@@ -457,15 +457,14 @@ def test_damaged_offsets_in_a_shard_are_a_data_error_not_a_crash(one_shard, tmp_
     assert "found reading row 10 from the same record batch" in done.stderr
 
 
-@pytest.mark.xfail(strict=True, raises=DataError, reason="train.py lets a DataError raised while reading a batch "
-                   "through as a traceback (issue 25, point 9: reported for train.py's micro_batches)")
-def test_train_py_on_a_damaged_shard_stops_with_the_shards_name(run, one_shard, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_py_on_a_damaged_shard_stops_with_the_shards_name(run, one_shard, tmp_path, workers):
     model = run[0]
     out, examples = one_shard
     copy = str(tmp_path / "c")
     shutil.copytree(out, copy)
     args = dict(model=model, group_size=3, batch_size=4, max_steps=1, query_max_len=16, passage_max_len=24,
-                report_to="none")
+                report_to="none", num_workers=workers)
     train.main(train.TrainConfig(train_data=[copy], output_dir=str(tmp_path / "o1"), **args))  # precondition
     (shard,) = [os.path.join(copy, s["file"]) for s in PreparedCorpus(copy).manifest["shards"]]
     for ex in {ex.query: ex for ex in examples}.values():  # every row's query: the first batch meets one
