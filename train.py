@@ -37,7 +37,7 @@ from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
                                  save_checkpoint, save_model, write_run_record)
 from training.deepspeed_config import load_deepspeed_config
-from training.even_steps import common_batch_count
+from training.common_batch_count import common_batch_count
 from training.log_window import LogWindow
 from training.optimizer import build_optimizer
 from training.output_dir import check_output_dir, claim_output_dir
@@ -501,7 +501,7 @@ def load_model(cfg: TrainConfig) -> BiEncoder:
 
 def evaluate_sts(accelerator, model, path: str, step: int, history: list) -> float:
     """Spearman of cosine vs gold on an STS file, computed on the main process, shared with all and logged."""
-    from evaluation.fast import sts_spearman
+    from evaluation.training_sts import sts_spearman
 
     score = torch.tensor(0.0, device=accelerator.device)
     if accelerator.is_main_process:

@@ -26,7 +26,7 @@ from mteb.types import PromptType
 from torch.utils.data import DataLoader
 
 from benchmarks.machine import cpu_model
-from data.text import mteb_document_text
+from data.document_text import mteb_document_text
 from evaluation.local_tasks import local_task_metadata
 from evaluation.mteb_encoder import BiEncoderForMTEB
 from evaluation.task_files import read_table

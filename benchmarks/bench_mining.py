@@ -9,7 +9,7 @@ into the repository). Queries: SciFact's 1,109 claims, each given one random cor
 (throughput does not depend on which). Measured separately:
   1. encoding: queries/s and passages/s of BiEncoder.encode (passages on a random --encode-sample subset);
   2. search: exact top-100 of every query over all passage embeddings, faiss IndexFlatIP and chunked torch;
-  3. mining: scripts/lib/mining.py mine() end to end with the corpus embeddings already computed (query encoding +
+  3. mining: pipelines/hard_negatives.py mine() end to end with the corpus embeddings already computed (query encoding +
      search + filtering + sampling), as queries/s.
 All passage embeddings are real model outputs, computed once and kept in --cache-dir (that one-off corpus
 encoding is timed too when it happens); --synthetic-corpus-embeddings instead fills the corpus with random unit
@@ -33,8 +33,8 @@ from benchmarks.machine import cpu_model
 from data.examples import Example
 from evaluation.task_files import read_table
 from models.loading import load_bi_encoder
-from scripts.lib.mining import mine
-from scripts.lib.pipeline import Corpus, encode_passages_cached, read_corpus, search
+from pipelines.hard_negatives import mine
+from pipelines.corpus_search import Corpus, encode_passages_cached, read_corpus, search
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact"
 

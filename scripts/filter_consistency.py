@@ -20,7 +20,7 @@ import argparse
 
 from data.examples import DataError, Example, load_examples
 from evaluation.task_files import TaskDataError
-from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
+from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
                                   corpus_from, encode_passages_cached, example_to_row, load_encoder, passage_embeddings,
                                   query_texts, search, write_jsonl)
 from storage.folders import OutputError

@@ -15,7 +15,7 @@ and trained on with train.jsonl (BGE format): an English query, its Korean trans
 sentences that differ in exactly one slot as `neg` (hard negatives); a fifth of the rows are Korean→Korean
 (same meaning, another word order).
 
-    python -m scripts.make_sample_data --output data/sample --overwrite   # deterministic: same files every run
+    python -m scripts.make_sample_data --output sample_data --overwrite   # deterministic: same files every run
 
 The folder is written whole (storage/folders.py: built beside it, renamed into place); an existing one is replaced
 only when it holds this tool's files and nothing else, and --overwrite is given.
@@ -107,7 +107,7 @@ def write_lines(path: str, lines: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="data/sample", help="folder to write (default data/sample)")
+    parser.add_argument("--output", default="sample_data", help="folder to write (default sample_data)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier output of this tool at --output (a folder holding anything else is "
                              "never replaced)")
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    rule = dict(overwrite=args.overwrite, own_entries=OWN_ENTRIES,  # data/sample was written before the marker
+    rule = dict(overwrite=args.overwrite, own_entries=OWN_ENTRIES,  # sample_data was written before the marker
                 recognise=lambda path: os.path.isfile(os.path.join(path, "train.jsonl")))
     try:
         check_output_folder(args.output, TOOL, **rule)

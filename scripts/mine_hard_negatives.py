@@ -30,11 +30,11 @@ from collections import Counter
 from pathlib import Path
 
 from data.examples import DataError, Example, load_examples
-from data.text import mteb_document_text
+from data.document_text import mteb_document_text
 from evaluation.task_files import TaskDataError, read_beir
-from scripts.lib.mining import mine
+from pipelines.hard_negatives import mine
 from storage.folders import OutputError
-from scripts.lib.pipeline import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
+from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
                                   corpus_from, example_to_row, load_encoder, parse_range, write_jsonl)
 
 

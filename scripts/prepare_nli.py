@@ -18,7 +18,7 @@ import argparse
 
 
 from data.examples import DataError, load_examples, nli_to_groups
-from scripts.lib.pipeline import add_overwrite_flag, check_output, example_to_row, write_jsonl
+from pipelines.corpus_search import add_overwrite_flag, check_output, example_to_row, write_jsonl
 from storage.folders import OutputError
 
 

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.examples import DataError, Example, load_examples
-from scripts.lib.pipeline import (add_overwrite_flag, check_model, check_output, example_to_row, load_encoder,
+from pipelines.corpus_search import (add_overwrite_flag, check_model, check_output, example_to_row, load_encoder,
                                   query_texts, write_jsonl)
 from storage.folders import OutputError
 

@@ -29,7 +29,7 @@ from transformers import BertConfig, BertModel
 from losses import build_loss
 from losses.tiled import tiled_form
 from models.bi_encoder import BiEncoder, EncoderSettings
-from training.even_steps import common_batch_count
+from training.common_batch_count import common_batch_count
 from training.step import train_step
 
 B, G, LQ, LP, VOCAB = 3, 3, 8, 12, 200  # per-process queries, group size (1 positive + 2 hard negatives)

@@ -19,7 +19,7 @@ from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
 
 import evaluate
-from data.text import mteb_document_text
+from data.document_text import mteb_document_text
 from evaluation import fast
 from evaluation.clustering_metrics import clustering_accuracy, kmeans_scores
 from evaluation.local_tasks import (

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from scripts.lib.pipeline import write_jsonl
+from pipelines.corpus_search import write_jsonl
 from storage.folders import OutputError
 from models.bi_encoder import BiEncoder
 from scripts import filter_consistency, mine_hard_negatives, prepare_nli, score_with_teacher, split_by_length

@@ -39,11 +39,11 @@ def eval_files(tmp_path):
 
 
 @pytest.mark.parametrize("train, message", [
-    ({"loss": "triplet", "train_data": ["data/sample/train.jsonl"]},
+    ({"loss": "triplet", "train_data": ["sample_data/train.jsonl"]},
      r"row\.yaml: train\.loss: unknown loss 'triplet'"),
-    ({"loss": "infonce", "train_data": ["data/sample/missing.jsonl"]},
-     r"row\.yaml: train\.train_data\[0\]: data/sample/missing\.jsonl does not exist"),
-    ({"loss": "infonce", "train_data": ["data/sample/train.jsonl"], "temprature": 0.1},
+    ({"loss": "infonce", "train_data": ["sample_data/missing.jsonl"]},
+     r"row\.yaml: train\.train_data\[0\]: sample_data/missing\.jsonl does not exist"),
+    ({"loss": "infonce", "train_data": ["sample_data/train.jsonl"], "temprature": 0.1},
      r"row\.yaml: train\.temprature: not a train\.py option"),
 ])
 def test_bad_config_stops_before_training_naming_file_and_key(tmp_path, train, message):
@@ -58,8 +58,8 @@ def test_bad_config_stops_before_training_naming_file_and_key(tmp_path, train, m
 def test_failed_run_is_reported_others_finish_and_reruns_skip(tmp_path):
     model = tmp_path / "tiny"
     tiny_bi_encoder(minilm_path()).save(str(model))
-    good = {"step": 1, "label": "good", "train": {"loss": "infonce", "train_data": ["data/sample/train.jsonl"]}}
-    bad = {"step": 1, "label": "bad", "train": {"loss": "infonce", "train_data": ["data/sample/train.jsonl"],
+    good = {"step": 1, "label": "good", "train": {"loss": "infonce", "train_data": ["sample_data/train.jsonl"]}}
+    bad = {"step": 1, "label": "bad", "train": {"loss": "infonce", "train_data": ["sample_data/train.jsonl"],
                                                  "grad_cache_chunk": 100000}}  # train.py refuses it at start-up
     write_grid(tmp_path / "grid", model, {"1-bad": bad, "1-good": good}, eval_files(tmp_path))
     args = ("--experiments", tmp_path / "grid", "--outputs", tmp_path / "out", "--table-dir", tmp_path / "table")

@@ -18,7 +18,7 @@ from tests.helpers import REPO, minilm_path, train_args, write_learnable_nli
 from tests.helpers import losses as logged_losses  # (the package `losses` is imported above)
 from train import TrainConfig, main
 
-SAMPLE = REPO / "data" / "sample"
+SAMPLE = REPO / "sample_data"
 
 
 @pytest.fixture(scope="module")

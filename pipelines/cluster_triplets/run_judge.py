@@ -7,9 +7,9 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from data.cluster_triplets.cache import JudgementCache, judgement_key
-from data.cluster_triplets.judges import DEFAULT_PERSPECTIVE, Judge, JudgeError, gold_answer, parse_choice, render_prompt
-from data.cluster_triplets.sampling import Triplet
+from pipelines.cluster_triplets.cache import JudgementCache, judgement_key
+from pipelines.cluster_triplets.judges import DEFAULT_PERSPECTIVE, Judge, JudgeError, gold_answer, parse_choice, render_prompt
+from pipelines.cluster_triplets.sampling import Triplet
 
 
 @dataclass

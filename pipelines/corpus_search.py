@@ -10,63 +10,25 @@ inputs, seed and --overwrite rewrites the same file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from data.examples import DataError, Example
-from data.text import mteb_document_text
+from data.document_text import mteb_document_text
 from evaluation.task_files import read_table
 from models.bi_encoder import encode_precision
 from models.checks import check_model_folder, check_tokenizer_folder, find_model
 from models.loading import load_bi_encoder
 from models.revision import checkpoint_revision
-from storage.files import check_output_file
+from storage.files import atomic_outputs, check_output_file, write_jsonl  # noqa: F401 (re-exported)
 from storage.folders import OutputError
 
 
 # ------------------------------------------------------------------ output
-@contextmanager
-def atomic_outputs(paths: list[str | Path], *, overwrite: bool = False):
-    """Yield one open text file per path; all are renamed into place together on success, removed on error.
-    An existing path is replaced only with overwrite=True (checked again here: it may have appeared meanwhile)."""
-    handles = []
-    try:
-        for path in paths:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            handles.append((os.fdopen(fd, "w", encoding="utf-8"), tmp, path))
-        yield [f for f, _, _ in handles]
-        existing = [str(path) for _, _, path in handles if os.path.lexists(path)]
-        if existing and not overwrite:
-            raise OutputError(f"{', '.join(existing)}: appeared while the tool ran; not replaced (pass --overwrite)")
-        for f, tmp, path in handles:
-            f.close()
-            os.replace(tmp, path)
-    finally:
-        for f, tmp, _ in handles:
-            f.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def write_jsonl(path: str | Path, rows, *, overwrite: bool = False) -> int:
-    """Write dict rows as JSONL atomically; returns the number written. An existing file is replaced only with
-    overwrite=True."""
-    n = 0
-    with atomic_outputs([path], overwrite=overwrite) as (f,):
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
 def add_overwrite_flag(parser, what: str = "--output file") -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace an existing {what}; without this flag an existing one is refused (never "

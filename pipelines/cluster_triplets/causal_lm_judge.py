@@ -2,7 +2,7 @@
 
 For each prompt we score the two continuations "A" and "B" (with a leading space after a plain prompt, bare after
 a chat template's assistant turn) by their summed token log-probability under the model, and reply with the more
-probable letter ("tie" when equal, which `judging` counts and skips). Scoring the letters instead of sampling a
+probable letter ("tie" when equal, which `run_judge` counts and skips). Scoring the letters instead of sampling a
 reply means every answer is one of the two and the judge is deterministic. Prompts are batched (right padding,
 attention mask), in bf16 on a GPU and fp32 on the CPU.
 
@@ -16,8 +16,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from data.cluster_triplets.judges import JudgeError
-from data.cluster_triplets.sampling import Triplet
+from pipelines.cluster_triplets.judges import JudgeError
+from pipelines.cluster_triplets.sampling import Triplet
 
 
 def check_causal_lm(name_or_path: str) -> None:

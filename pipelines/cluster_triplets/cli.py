@@ -13,14 +13,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from data.cluster_triplets import loop
-from data.cluster_triplets.cache import JudgementCache
-from data.cluster_triplets.convert import training_rows, write_rows
-from data.cluster_triplets.judges import (DEFAULT_PERSPECTIVE, DEFAULT_TEMPLATE, EmbeddingJudge, GoldOracle,
+from pipelines.cluster_triplets import finetune_and_score
+from pipelines.cluster_triplets.cache import JudgementCache
+from pipelines.cluster_triplets.convert import training_rows, write_rows
+from pipelines.cluster_triplets.judges import (DEFAULT_PERSPECTIVE, DEFAULT_TEMPLATE, EmbeddingJudge, GoldOracle,
                                           JudgeError, NoisyOracle, check_template)
-from data.cluster_triplets.judging import judge_triplets
-from data.cluster_triplets.sampling import ANCHOR_RULES, sample_triplets
-from data.cluster_triplets.texts import read_clustering_texts
+from pipelines.cluster_triplets.run_judge import judge_triplets
+from pipelines.cluster_triplets.sampling import ANCHOR_RULES, sample_triplets
+from pipelines.cluster_triplets.texts import read_clustering_texts
 from data.examples import DataError
 
 JUDGES = ("oracle", "noisy-oracle", "causal-lm", "http", "embedding")
@@ -87,13 +87,13 @@ def build_judge(args, labels, embeddings_fn):
     if args.judge == "noisy-oracle":
         return NoisyOracle(labels, args.agreement, args.seed)
     if args.judge == "causal-lm":
-        from data.cluster_triplets.causal_lm_judge import CausalLMJudge
+        from pipelines.cluster_triplets.causal_lm_judge import CausalLMJudge
 
         chat = {"auto": None, "on": True, "off": False}[args.judge_chat_template]
         return CausalLMJudge(args.judge_model, batch_size=args.judge_batch_size, device=args.judge_device,
                              chat_template=chat)
     if args.judge == "http":
-        from data.cluster_triplets.http_judge import HTTPJudge
+        from pipelines.cluster_triplets.http_judge import HTTPJudge
 
         return HTTPJudge(args.judge_url, args.judge_api_model, api_key_env=args.judge_api_key_env,
                          concurrency=args.judge_concurrency, max_retries=args.judge_max_retries,
@@ -101,7 +101,7 @@ def build_judge(args, labels, embeddings_fn):
     return EmbeddingJudge(embeddings_fn(), name=args.model)
 
 
-def main(argv=None, runner=loop.run_subprocess, description: str | None = None) -> dict:
+def main(argv=None, runner=finetune_and_score.run_subprocess, description: str | None = None) -> dict:
     """The whole chain; `runner` runs the train.py / evaluate.py command lines (default: subprocesses)."""
     args = parse_args(argv, description)
     out = Path(args.output_dir)
@@ -118,7 +118,7 @@ def main(argv=None, runner=loop.run_subprocess, description: str | None = None) 
             nonlocal embeddings
             if embeddings is None:
                 print(f"1. embed {len(data.texts)} texts of {args.input}", flush=True)
-                embeddings = loop.embed_texts(args.model, data.texts, args.embed_batch_size)
+                embeddings = finetune_and_score.embed_texts(args.model, data.texts, args.embed_batch_size)
             return embeddings
 
         judge = build_judge(args, data.labels, get_embeddings)
@@ -154,14 +154,14 @@ def main(argv=None, runner=loop.run_subprocess, description: str | None = None) 
 
     print("5. score the base model, fine-tune, score again", flush=True)
     eval_extra = shlex.split(args.eval_args)
-    loop.run_once(loop.evaluate_command(args.model, eval_file, out / "eval-base", eval_extra),
+    finetune_and_score.run_once(finetune_and_score.evaluate_command(args.model, eval_file, out / "eval-base", eval_extra),
                   out / "eval-base.done.json", out / "eval-base.log", runner)
-    loop.run_once(loop.train_command(args.model, out / "triplets.jsonl", out / "model", args.seed,
+    finetune_and_score.run_once(finetune_and_score.train_command(args.model, out / "triplets.jsonl", out / "model", args.seed,
                                      shlex.split(args.train_args)), out / "train.done.json", out / "train.log", runner)
-    loop.run_once(loop.evaluate_command(str(out / "model"), eval_file, out / "eval-tuned", eval_extra),
+    finetune_and_score.run_once(finetune_and_score.evaluate_command(str(out / "model"), eval_file, out / "eval-tuned", eval_extra),
                   out / "eval-tuned.done.json", out / "eval-tuned.log", runner)
-    base, tuned = loop.read_scores(out / "eval-base"), loop.read_scores(out / "eval-tuned")
-    print(loop.format_table([("base", base), (f"fine-tuned ({judge.name})", tuned)]))
+    base, tuned = finetune_and_score.read_scores(out / "eval-base"), finetune_and_score.read_scores(out / "eval-tuned")
+    print(finetune_and_score.format_table([("base", base), (f"fine-tuned ({judge.name})", tuned)]))
     result.update(base=base, tuned=tuned)
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

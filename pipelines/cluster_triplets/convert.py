@@ -1,6 +1,6 @@
 """Judged triplets -> the trainer's BGE JSONL: {query: anchor, pos: [chosen], neg: [the other choice]}.
 
-Triplets whose reply was neither A nor B are left out (counted by `judging`). With `self_pairs`, every distinct
+Triplets whose reply was neither A nor B are left out (counted by `run_judge`). With `self_pairs`, every distinct
 anchor also gets a row {query: anchor, pos: [anchor], neg: []}: the (anchor, anchor) self-pair variant the
 project's issue 16 attributes to ClusterLLM. Under train.py's in-batch-negative losses it is SimCSE's objective
 (the two encodings differ only by dropout): it keeps each anchor apart from the batch's other texts while the
@@ -10,13 +10,11 @@ LLM, picks the positive — `judges.EmbeddingJudge` here.)
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
-from data.cluster_triplets.judging import Judgement
+from pipelines.cluster_triplets.run_judge import Judgement
+from storage.files import write_jsonl
 
 
 def training_rows(judgements: list[Judgement], texts: Sequence[str], self_pairs: bool = False) -> list[dict]:
@@ -35,16 +33,6 @@ def training_rows(judgements: list[Judgement], texts: Sequence[str], self_pairs:
 
 
 def write_rows(path: str | os.PathLike, rows: list[dict]) -> int:
-    """JSONL written to a temporary file and renamed into place: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return len(rows)
+    """JSONL written whole or not at all (storage/files.py); the chain's own file in its output folder, so an
+    earlier one is replaced."""
+    return write_jsonl(path, rows, overwrite=True)

@@ -8,9 +8,9 @@ The loop, one module per step:
 - `judges`   the judge interface, the prompt template, reply parsing, the gold and noisy oracles;
   `causal_lm_judge`, `http_judge`  a Hugging Face causal LM (log-probability of "A" vs "B") and an
              OpenAI-compatible chat/completions endpoint;
-- `judging`  runs a judge over triplets through the on-disk `cache`, counts replies that are neither A nor B,
+- `run_judge` runs a judge over triplets through the on-disk `cache`, counts replies that are neither A nor B,
              reports agreement with the gold labels;
 - `convert`  judged triplets -> training JSONL (anchor as query, chosen as positive, the other as negative);
-- `loop`     embedding, train.py and evaluate.py command lines run once each (a rerun skips finished steps);
-- `chain`    the whole chain behind scripts/llm_triplets.py.
+- `finetune_and_score` embedding, train.py and evaluate.py command lines run once each (a rerun skips finished steps);
+- `cli`      the whole chain behind scripts/llm_triplets.py.
 """

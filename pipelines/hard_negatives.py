@@ -8,7 +8,7 @@ from collections import Counter
 import torch
 
 from data.examples import DataError, Example
-from scripts.lib.pipeline import Corpus, encode_passages_cached, passage_embeddings, query_texts, search
+from pipelines.corpus_search import Corpus, encode_passages_cached, passage_embeddings, query_texts, search
 
 
 def mine(model, examples: list[Example], corpus: Corpus, *, start: int, end: int, negative_number: int,

@@ -18,8 +18,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
-from data.cluster_triplets.judges import JudgeError
-from data.cluster_triplets.sampling import Triplet
+from pipelines.cluster_triplets.judges import JudgeError
+from pipelines.cluster_triplets.sampling import Triplet
 
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 

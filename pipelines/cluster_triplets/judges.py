@@ -2,7 +2,7 @@
 
 A judge answers, for each triplet, which of two choices ("A" or "B") is closer to the anchor under a stated
 perspective (intent, topic, entity type, domain, ...). `answer(prompts, triplets)` returns one reply string per
-triplet; `parse_choice` reads it as "A", "B" or neither (neither is counted and skipped by `judging`, never guessed).
+triplet; `parse_choice` reads it as "A", "B" or neither (neither is counted and skipped by `run_judge`, never guessed).
 `name` identifies the judge in the cache key, so a different model, endpoint or noise level never reuses
 another's answers. `batch_size` is how many questions one `answer` call takes (None: all at once).
 
@@ -19,7 +19,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from data.cluster_triplets.sampling import Triplet
+from pipelines.cluster_triplets.sampling import Triplet
 
 DEFAULT_PERSPECTIVE = "intent"
 DEFAULT_TEMPLATE = (
