@@ -21,7 +21,6 @@ and README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -60,14 +59,15 @@ def merge(base: dict, over: dict) -> dict:
 
 def load_grid(full: bool, only: list[str] | None = None, experiments: Path = EXPERIMENTS) -> tuple[dict, list[dict]]:
     """defaults + rows, validated before any training: unknown loss / option / missing file -> ConfigError."""
-    from losses import LOSS_NAMES
+    from cli_config import options
+    from losses import REGISTRY
     from train import TrainConfig
 
     defaults_path = experiments / "defaults.yaml"
     defaults = yaml.safe_load(defaults_path.read_text(encoding="utf-8"))
     if full:
         defaults = merge(defaults, defaults.get("full", {}))
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {o.key for o in options(TrainConfig())}
     rows = []
     for path in sorted(experiments.glob("*.yaml")):
         if path.name == "defaults.yaml" or (only and path.stem not in only):
@@ -86,9 +86,9 @@ def load_grid(full: bool, only: list[str] | None = None, experiments: Path = EXP
         for key in train:
             if key not in fields:
                 raise ConfigError(f"{where}: train.{key}: not a train.py option")
-        if train.get("loss") not in LOSS_NAMES:
+        if train.get("loss") not in REGISTRY:
             raise ConfigError(f"{where}: train.loss: unknown loss {train.get('loss')!r}; "
-                              f"choose one of {', '.join(LOSS_NAMES)}")
+                              f"choose one of {', '.join(REGISTRY)}")
         if not row.get("teacher") and not train.get("train_data"):
             raise ConfigError(f"{where}: train.train_data is missing")
         for i, file in enumerate(train.get("train_data", [])):

@@ -400,7 +400,7 @@ def test_mine_score_train_end_to_end(tiny_model, tiny_reranker, train_file, tmp_
     mined, scored = tmp_path / "mined.jsonl", tmp_path / "scored.jsonl"
     mine(tiny_model, train_file, mined, "--range", "2-20", "--negative-number", "3", "--max-pos-ratio", "0.99")
     score_with_teacher.main(["--teacher", tiny_reranker, "--input", str(mined), "--output", str(scored)])
-    result = train.main(train.TrainConfig(model=tiny_model, train_data=[str(scored)], loss="distill", group_size=4,
+    result = train.main(train.TrainConfig.of(model=tiny_model, train_data=[str(scored)], loss="distill", group_size=4,
                                           batch_size=4, max_steps=2, report_to="none", log_steps=1,
                                           output_dir=str(tmp_path / "model")))
     assert result["steps"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"])

@@ -105,8 +105,8 @@ def test_train_py_on_a_prepared_corpus_logs_the_raw_runs_losses(run, corpus, tmp
     args = dict(model=model, group_size=3, batch_size=4, max_steps=5, log_steps=1, report_to="none",
                 query_max_len=16, passage_max_len=24, same_dataset_batches=True, sampling_alpha=0.5,
                 mixed_precision="no", lr=1e-3)
-    raw = train.main(train.TrainConfig(train_data=inputs, output_dir=str(tmp_path / "raw"), **args))
-    mapped = train.main(train.TrainConfig(train_data=[corpus], output_dir=str(tmp_path / "mapped"), **args))
+    raw = train.main(train.TrainConfig.of(train_data=inputs, output_dir=str(tmp_path / "raw"), **args))
+    mapped = train.main(train.TrainConfig.of(train_data=[corpus], output_dir=str(tmp_path / "mapped"), **args))
     assert [h["loss"] for h in mapped["history"]] == [h["loss"] for h in raw["history"]]
     out = capsys.readouterr().out
     assert f"prepared corpus {corpus}: 176 rows from 2 source(s)" in out
@@ -164,9 +164,9 @@ def test_negative_alpha_is_refused(run, alpha, message):
         BucketBatchSampler(80, 4, file_index=files, same_file=True, sampling_alpha=alpha)
     model, inputs, _ = run
     with pytest.raises(SystemExit, match="--sampling-alpha must be ≥ 0"):
-        train.main(train.TrainConfig(model=model, train_data=inputs, same_dataset_batches=True, sampling_alpha=alpha))
+        train.main(train.TrainConfig.of(model=model, train_data=inputs, same_dataset_batches=True, sampling_alpha=alpha))
     with pytest.raises(SystemExit, match="--sampling-alpha chooses the source.*--same-dataset-batches"):
-        train.main(train.TrainConfig(model=model, train_data=inputs, sampling_alpha=0.5))
+        train.main(train.TrainConfig.of(model=model, train_data=inputs, sampling_alpha=0.5))
 
 
 # ------------------------------------------------------------------ prepare: no-op, interrupted, failures
@@ -374,10 +374,10 @@ def test_train_py_refuses_source_ids_outside_the_manifest(run, corpus, tmp_path)
     model, _, _ = run
     args = dict(model=model, group_size=3, batch_size=4, max_steps=1, same_dataset_batches=True, query_max_len=16,
                 passage_max_len=24, report_to="none")
-    train.main(train.TrainConfig(train_data=[changed_index(corpus, tmp_path, "source", lambda a: None)],
+    train.main(train.TrainConfig.of(train_data=[changed_index(corpus, tmp_path, "source", lambda a: None)],
                                  output_dir=str(tmp_path / "o1"), **args))  # precondition: an unchanged copy trains
     with pytest.raises(SystemExit, match=r"data error: .*index/source.npy row 0: source id 7"):
-        train.main(train.TrainConfig(train_data=[changed_index(corpus, tmp_path, "source", _seven)],
+        train.main(train.TrainConfig.of(train_data=[changed_index(corpus, tmp_path, "source", _seven)],
                                      output_dir=str(tmp_path / "o2"), **args))
 
 
@@ -465,12 +465,12 @@ def test_train_py_on_a_damaged_shard_stops_with_the_shards_name(run, one_shard, 
     shutil.copytree(out, copy)
     args = dict(model=model, group_size=3, batch_size=4, max_steps=1, query_max_len=16, passage_max_len=24,
                 report_to="none", num_workers=workers)
-    train.main(train.TrainConfig(train_data=[copy], output_dir=str(tmp_path / "o1"), **args))  # precondition
+    train.main(train.TrainConfig.of(train_data=[copy], output_dir=str(tmp_path / "o1"), **args))  # precondition
     (shard,) = [os.path.join(copy, s["file"]) for s in PreparedCorpus(copy).manifest["shards"]]
     for ex in {ex.query: ex for ex in examples}.values():  # every row's query: the first batch meets one
         damage(shard, ex.query)
     with pytest.raises(SystemExit, match=rf"data error: {shard}: row \d+ of the corpus \(\S+:\d+\) cannot be decoded"):
-        train.main(train.TrainConfig(train_data=[copy], output_dir=str(tmp_path / "o2"), **args))
+        train.main(train.TrainConfig.of(train_data=[copy], output_dir=str(tmp_path / "o2"), **args))
 
 
 def test_a_folder_source_keeps_each_rows_file_and_line(run, tmp_path):
@@ -502,14 +502,14 @@ def test_a_corpus_prepared_for_other_settings_is_refused_with_the_differences(ru
     model, inputs, _ = run
     args = dict(model=model, train_data=[corpus], group_size=3, batch_size=4, max_steps=1, report_to="none",
                 query_max_len=16, passage_max_len=24, output_dir=str(tmp_path / "o"))
-    train.main(train.TrainConfig(**args))  # precondition: the matching settings train
+    train.main(train.TrainConfig.of(**args))  # precondition: the matching settings train
     with pytest.raises(SystemExit) as e:
-        train.main(train.TrainConfig(**{**args, "passage_max_len": 32, "query_prompt": "query: ",
+        train.main(train.TrainConfig.of(**{**args, "passage_max_len": 32, "query_prompt": "query: ",
                                         "output_dir": str(tmp_path / "o2")}))
     assert "--passage-max-len: 24 in the corpus, 32 in this run" in str(e.value)
     assert "--query-prompt: '' in the corpus, 'query: ' in this run" in str(e.value)
     with pytest.raises(SystemExit, match="rows: query/passage groups in the corpus, nli for this loss"):
-        train.main(train.TrainConfig(**{**args, "loss": "softmax", "output_dir": str(tmp_path / "o3")}))
+        train.main(train.TrainConfig.of(**{**args, "loss": "softmax", "output_dir": str(tmp_path / "o3")}))
     # another tokenizer: the same folder with one more token
     other = str(tmp_path / "other-tokenizer")
     tok = AutoTokenizer.from_pretrained(model)
@@ -523,9 +523,9 @@ def test_a_corpus_prepared_for_other_settings_is_refused_with_the_differences(ru
 def test_prepared_corpus_is_the_only_train_data_and_weights_count_its_sources(run, corpus):
     model, inputs, _ = run
     with pytest.raises(SystemExit, match="a prepared corpus must be the only --train-data"):
-        train.main(train.TrainConfig(model=model, train_data=[corpus, inputs[0]]))
+        train.main(train.TrainConfig.of(model=model, train_data=[corpus, inputs[0]]))
     with pytest.raises(SystemExit, match="3 dataset weights for 2 training files"):
-        train.main(train.TrainConfig(model=model, train_data=[corpus], same_dataset_batches=True,
+        train.main(train.TrainConfig.of(model=model, train_data=[corpus], same_dataset_batches=True,
                                      dataset_weights=[1, 1, 1]))
 
 

@@ -234,12 +234,12 @@ def test_train_py_with_buckets_same_file_batches_and_weights(tmp_path, capsys):
                     + "\n")
     args = dict(model=model_dir, train_data=[data, str(long_file)], group_size=3, batch_size=4, max_steps=3,
                 log_steps=1, report_to="none", same_dataset_batches=True, dataset_weights=[1.0, 2.0], num_buckets=2)
-    result = train.main(train.TrainConfig(**args, output_dir=str(tmp_path / "out")))
+    result = train.main(train.TrainConfig.of(**args, output_dir=str(tmp_path / "out")))
     assert result["steps"] == 3
     out = capsys.readouterr().out
     assert "2 length buckets" in out and "each from one file" in out and "14 global batches of 4×1" in out
     with pytest.raises(SystemExit, match="data error: 1 dataset weights for 2 training files"):
-        train.main(train.TrainConfig(**{**args, "dataset_weights": [1.0]}, output_dir=str(tmp_path / "bad")))
+        train.main(train.TrainConfig.of(**{**args, "dataset_weights": [1.0]}, output_dir=str(tmp_path / "bad")))
 
 
 @needs_data

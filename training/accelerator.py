@@ -24,8 +24,8 @@ def resolve_precision(mixed_precision: str) -> str:
     return mixed_precision
 
 
-def build_accelerator(cfg) -> tuple[Accelerator, str]:
-    """-> (accelerator, precision description for the log). cfg: train.TrainConfig."""
+def build_accelerator(cfg, output) -> tuple[Accelerator, str]:
+    """-> (accelerator, precision description for the log). cfg: training.config.OptimConfig, output: OutputConfig."""
     mixed = resolve_precision(cfg.mixed_precision)
     ds_limits = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                      max_grad_norm=cfg.max_grad_norm, mixed_precision=mixed,
@@ -50,8 +50,8 @@ def build_accelerator(cfg) -> tuple[Accelerator, str]:
                               # prepared LR scheduler step once per optimizer step (without it accelerate steps it
                               # num_processes times, and a 2-process run reached lr 0 halfway through)
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
-                              log_with=None if cfg.report_to == "none" else cfg.report_to,
-                              project_dir=os.path.join(cfg.output_dir, "runs"))
+                              log_with=None if output.report_to == "none" else output.report_to,
+                              project_dir=os.path.join(output.output_dir, "runs"))
     if uses_deepspeed(accelerator) and ds_plugin is None:  # config from `accelerate launch`: same checks, in place
         plugin = accelerator.state.deepspeed_plugin
         if uses_torch_autocast(plugin.deepspeed_config, mixed, "the accelerate DeepSpeed config"):
