@@ -292,13 +292,14 @@ def plot(rows: list[dict], results: dict[str, list[dict]], table: list[dict], pa
     plt.close(fig)
 
 
-def write_between_markers(path: Path, text: str) -> None:
+def write_between_markers(path: Path, text: str, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    start, end = marks
     content = path.read_text(encoding="utf-8")
-    if MARK_START not in content or MARK_END not in content:
-        raise SystemExit(f"{path}: add the lines {MARK_START} and {MARK_END} where the results table goes")
-    head, rest = content.split(MARK_START, 1)
-    tail = rest.split(MARK_END, 1)[1]
-    path.write_text(f"{head}{MARK_START}\n{text}{MARK_END}{tail}", encoding="utf-8")
+    if start not in content or end not in content:
+        raise SystemExit(f"{path}: add the lines {start} and {end} where the results go")
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{text}{end}{tail}", encoding="utf-8")
 
 
 def machine_line() -> str:

@@ -102,3 +102,14 @@ def test_table_says_which_rows_beat_the_base_by_more_than_their_seed_spread():
     assert "| 0 | base | – | 0.4000 | 0.3000 ± 0.0100 | 0.8000 ± 0.0100 | – |" in table
     assert "| 1 | good | 3 | 0.5000 ± 0.0400 | 0.3000 ± 0.0100 | 0.8000 ± 0.0100 | +0.1000: beats base |" in table
     assert "| softmax | 3 | 0.3500 ± 0.0200 |" in table and "−0.0500: worse than base |" in table
+
+
+def test_readme_results_come_from_the_script():
+    """README.md's result figures are written by `python -m scripts.readme_results` (issue 22: they had gone stale),
+    never typed in: the block between its markers is the script's output."""
+    from scripts.readme_results import MARKS
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split(MARKS[0], 1)[1].split(MARKS[1], 1)[0]
+    assert block.startswith("\nMeasured by `python -m scripts.readme_results` on 20"), block[:200]
+    assert "`make quickstart` (" in block and "KorSTS test Spearman" in block
