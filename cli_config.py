@@ -19,6 +19,22 @@ import typing
 import yaml
 
 
+def opt(default, help: str):
+    """A config field with its --help text."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """A config value wrong on its own, found by a part's `check()`. `field` is the dataclass attribute, `message`
+    what its value must be ("must be ≥ 1"); the command line names its flag and the value (`option_name`)."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
 def _field_kind(tp):
     origin = typing.get_origin(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cli_config import option_name, parse_config
+from cli_config import opt, option_name, parse_config
 from data.bucket_sampler import check_sampler_options
 from data.collator import Collator
 from data.examples import DataError, check_data_paths, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
@@ -49,13 +49,6 @@ MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "all",
              "none")
-
-
-def opt(default, help: str):
-    """A config field with its --help text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
