@@ -472,7 +472,7 @@ def test_cli_refuses_a_max_len_beyond_the_position_limit_before_loading(tokenize
     """--passage-max-len past a 64-position BERT failed mid-encoding with a tensor-size RuntimeError."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from models.bi_encoder import EncoderSettings
+    from models.settings import EncoderSettings
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
