@@ -32,6 +32,7 @@ from losses.gte import DIRECTIONS
 from losses.tiled import DEFAULT_TILE, choose_tiling
 from models.bi_encoder import BiEncoder
 from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
+from models.config import ATTENTION, ModelConfig, build_model
 from models.pooling import POOLING_MODES
 from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
@@ -46,7 +47,6 @@ from training.step_guard import StepGuard, clip_gradients
 
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "all",
              "none")
 
@@ -480,16 +480,11 @@ def check_run_shape(cfg: TrainConfig, group_size: int, loss_fn, accelerator) -> 
 
 
 def load_model(cfg: TrainConfig) -> BiEncoder:
-    settings = dict(pooling=cfg.pooling, normalize=cfg.normalize, query_prompt=cfg.query_prompt,
-                    passage_prompt=cfg.passage_prompt, query_max_len=cfg.query_max_len,
-                    passage_max_len=cfg.passage_max_len)
-    if cfg.from_config:
-        model = BiEncoder.from_config(cfg.from_config, cfg.model, cfg.attn_implementation, **settings)
-    else:
-        model = BiEncoder.from_pretrained(cfg.model, cfg.attn_implementation, **settings)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
+    return build_model(ModelConfig(
+        backbone=cfg.model, from_config=cfg.from_config, pooling=cfg.pooling, normalize=cfg.normalize,
+        query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt, query_max_len=cfg.query_max_len,
+        passage_max_len=cfg.passage_max_len, gradient_checkpointing=cfg.gradient_checkpointing,
+        attn_implementation=cfg.attn_implementation))
 
 
 def evaluate_sts(accelerator, model, path: str, step: int, history: list) -> float:
