@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from evaluation.local_tasks import LOCAL_TASK_KINDS
-from models.bi_encoder import PRECISIONS, SETTINGS_FILE, read_settings
 from models.checks import MaxLengthError, check_max_lengths, check_model_folder, find_model
+from models.encode import PRECISIONS
+from models.st_folder import SETTINGS_FILE, read_settings
 from storage.files import check_output_place
 from storage.folders import check_output_folder, staged_folder
 

@@ -31,7 +31,7 @@ from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
 from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
-from models.config import ModelConfig
+from models.config import ModelConfig, build_model
 from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
                                  save_checkpoint, save_model, write_run_record)
@@ -73,7 +73,7 @@ def main(cfg: TrainConfig) -> dict:
         claim_output_dir(cfg.output.output_dir, flat(cfg), overwrite=cfg.output.overwrite_output_dir and not resume)
 
     # ------------------------------------------------------------------ model and loss
-    model = load_model(cfg.model)
+    model = build_model(cfg.model)
     loss_fn, gather = make_loss(cfg, model.dim, accelerator.num_processes, log)  # gather: negatives of all processes
 
     # ------------------------------------------------------------------ data (the rows the loss registered)
@@ -374,18 +374,6 @@ def check_run_shape(cfg: TrainConfig, group_size: int, loss_fn, accelerator) -> 
     if uses_deepspeed(accelerator) and any(True for _ in loss_fn.parameters()):
         raise SystemExit(f"--loss {cfg.loss.name} has trainable parameters outside the encoder, which the DeepSpeed "
                          f"engine does not hold; train it without DeepSpeed")
-
-
-def load_model(m: ModelConfig) -> BiEncoder:
-    settings = dict(pooling=m.pooling, normalize=m.normalize, query_prompt=m.query_prompt,
-                    passage_prompt=m.passage_prompt, query_max_len=m.query_max_len, passage_max_len=m.passage_max_len)
-    if m.from_config:
-        model = BiEncoder.from_config(m.from_config, m.backbone, m.attn_implementation, **settings)
-    else:
-        model = BiEncoder.from_pretrained(m.backbone, m.attn_implementation, **settings)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
 
 
 def evaluate_sts(accelerator, model, path: str, step: int, history: list) -> float:

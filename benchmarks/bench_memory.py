@@ -55,7 +55,8 @@ def one_run(args) -> dict:
 
     from losses import build_loss
     from losses.tiled import tiled_form
-    from models.bi_encoder import BiEncoder, EncoderSettings
+    from models.bi_encoder import BiEncoder
+    from models.settings import EncoderSettings
     from training.step import train_step
 
     cuda = args.device == "cuda"

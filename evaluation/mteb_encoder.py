@@ -29,9 +29,11 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from models.bi_encoder import BiEncoder, EncoderSettings, encode_precision
+from models.bi_encoder import BiEncoder
+from models.encode import encode_precision
 from models.loading import load_bi_encoder
 from models.revision import checkpoint_revision
+from models.settings import EncoderSettings
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from data.examples import DataError, Example
 from data.document_text import mteb_document_text
 from evaluation.task_files import read_table
-from models.bi_encoder import encode_precision
 from models.checks import check_model_folder, check_tokenizer_folder, find_model
+from models.encode import encode_precision
 from models.loading import load_bi_encoder
 from models.revision import checkpoint_revision
 from storage.files import atomic_outputs, check_output_file, write_jsonl  # noqa: F401 (re-exported)

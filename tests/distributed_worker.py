@@ -27,7 +27,8 @@ from accelerate import Accelerator
 from transformers import BertConfig, BertModel
 
 from losses import build_loss, tiled_form
-from models.bi_encoder import BiEncoder, EncoderSettings
+from models.bi_encoder import BiEncoder
+from models.settings import EncoderSettings
 from training.common_batch_count import common_batch_count
 from training.step import train_step
 

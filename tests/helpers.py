@@ -20,7 +20,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from models.bi_encoder import BiEncoder, EncoderSettings
+from models.bi_encoder import BiEncoder
+from models.settings import EncoderSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

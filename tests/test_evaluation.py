@@ -20,7 +20,7 @@ from mteb.types import PromptType
 
 import evaluate
 from data.document_text import mteb_document_text
-from evaluation import fast
+from evaluation import training_sts
 from evaluation.clustering_metrics import clustering_accuracy, kmeans_scores
 from evaluation.local_tasks import (
     LocalClassificationTask,
@@ -113,7 +113,7 @@ def test_korsts_matches_reference(minilm):
 
 @needs_data
 def test_fast_sts_spearman_equals_mteb(minilm, stsb_mteb_score):
-    assert fast.sts_spearman(minilm.model, STSB) == pytest.approx(stsb_mteb_score, abs=1e-6)
+    assert training_sts.sts_spearman(minilm.model, STSB) == pytest.approx(stsb_mteb_score, abs=1e-6)
 
 
 @needs_data
@@ -472,7 +472,7 @@ def test_cli_refuses_a_max_len_beyond_the_position_limit_before_loading(tokenize
     """--passage-max-len past a 64-position BERT failed mid-encoding with a tensor-size RuntimeError."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from models.bi_encoder import EncoderSettings
+    from models.settings import EncoderSettings
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -323,7 +323,7 @@ def test_a_checkpoint_altered_at_the_same_size_is_refused(tiny, tmp_path):
     """Weights of more than 16 MiB (checkpoints used to hash only smaller files): a BERT of hidden 160."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from models.bi_encoder import EncoderSettings
+    from models.settings import EncoderSettings
 
     tokenizer = AutoTokenizer.from_pretrained(tiny[0])
     torch.manual_seed(0)

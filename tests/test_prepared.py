@@ -19,7 +19,7 @@ from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, prepare
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from data.sampler_inputs import length_keys, text_ids
-from models.bi_encoder import EncoderSettings
+from models.settings import EncoderSettings
 from scripts import prepare_data
 from storage.folders import OutputError
 from tests.helpers import make_tiny_run_files, minilm_path

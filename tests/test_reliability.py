@@ -220,7 +220,7 @@ def test_a_bad_eval_file_stops_the_run_before_the_model_loads(tiny_run, tmp_path
     def must_not_load(cfg):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(train, "load_model", must_not_load)
+    monkeypatch.setattr(train, "build_model", must_not_load)
     with pytest.raises(SystemExit, match=r"--eval-sts: .*missing.tsv"):
         train.main(cfg_for(*tiny_run, str(tmp_path / "o1"), "--eval-sts", str(tmp_path / "missing.tsv")))
     malformed = tmp_path / "sts.tsv"

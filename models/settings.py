@@ -1,0 +1,24 @@
+"""How text becomes a vector: the settings a BiEncoder carries and saves with its weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.pooling import POOLING_MODES
+
+
+@dataclass
+class EncoderSettings:
+    """How text becomes a vector; saved with the weights so a checkpoint evaluates with no extra flags."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    query_max_len: int = 64
+    passage_max_len: int = 256
+    query_prompt: str = ""
+    passage_prompt: str = ""
+    # Prompts by MTEB task name or task type (e.g. {"STS": "...", "SciFact-query": "..."}); used by evaluation.
+    task_prompts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
