@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cli_config import option_name, parse_config
-from data.bucket_sampler import check_sampler_options
+from data.batch_planner import check_sampler_options
 from data.collator import Collator
-from data.examples import DataError, check_data_paths, hub_offline, load_examples, looks_like_hub_id, pair_kind_for
+from data.examples import DataError, check_data_paths, hub_offline, load_examples, looks_like_hub_id
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, is_prepared, prepare_hint, read_manifest
+from data.row_kind import pair_kind_for  # compat (issue 22): until the loss registry gives a RowKind
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses import LOSS_NAMES, build_loss, loss_temperature
 from losses.gte import DIRECTIONS

@@ -25,10 +25,29 @@ class RowKind(enum.Enum):
 
     @property
     def is_pairs(self) -> bool:
-        """One sentence pair per row: the group size is 1 whatever --group-size says."""
+        """One sentence pair per row: the group size is 1 whatever group_size says."""
         return self.pair_kind is not None
 
     @property
     def needs_scores(self) -> bool:
         """Every passage of a group carries a teacher score."""
         return self is RowKind.SCORED_GROUPS
+
+
+# ------------------------------------------------------------------------------------------ compat (issue 22)
+# train.py still derives the rows from a loss's `needs` strings and passes pair_kind / needs_scores / label_kind;
+# delete this section once it passes the loss's RowKind (losses/registry.py).
+def pair_kind_for(needs) -> str | None:
+    """compat: the labelled-pair rows a loss's `needs` asks for ("nli" / "scored"), or None for groups."""
+    return legacy_row_kind(needs=needs).pair_kind
+
+
+def legacy_row_kind(pair_kind: str | None = None, needs_scores: bool = False, needs=None) -> RowKind:
+    """compat: the RowKind of the old parameters (a `needs` set, or pair_kind + needs_scores)."""
+    if needs is not None:
+        needs = set(needs)
+        pair_kind = "nli" if "nli_label" in needs else "scored" if "similarity_score" in needs else None
+        needs_scores = "teacher_scores" in needs
+    if pair_kind:
+        return RowKind(pair_kind)
+    return RowKind.SCORED_GROUPS if needs_scores else RowKind.GROUPS
