@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +22,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cli_config import ConfigError, build_config, describe_error, flat, option_name, parse_config, part
-from data.bucket_sampler import check_sampler_options
+from data.batch_planner import check_sampler_options
 from data.collator import Collator
 from data.config import DataConfig
-from data.examples import DataError, check_data_paths, hub_offline, load_examples, looks_like_hub_id
+from data.examples import check_data_paths, hub_offline, load_examples, looks_like_hub_id
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, is_prepared, prepare_hint, read_manifest
+from data.tables import DataError, OptionError
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
@@ -210,7 +212,7 @@ def micro_batches(cfg: TrainConfig, dataset, sampler, loader, start: tuple, batc
             except StopIteration:
                 break
             except DataError as e:  # a row that fails to read (a damaged shard), named with its file
-                raise SystemExit(f"data error: {worker_message(e)}") from None
+                raise data_error(cfg, e, worker_message(e)) from None
             if i == batches_per_epoch:  # a process with more batches than the others stops with them
                 break
             yield epoch, i, batch_to_device(batch, accelerator.device)
@@ -221,7 +223,7 @@ def worker_message(error: Exception) -> str:
     """A DataLoader worker's error re-raised here carries the worker's traceback: its last line, without the
     exception's class name."""
     last = str(error).strip().splitlines()[-1]
-    return last.split("DataError: ", 1)[1] if "DataError: " in last else last
+    return re.sub(r"^[\w.]+Error: ", "", last)
 
 
 def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
@@ -243,23 +245,22 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
     try:
         if is_prepared(d.train_data[0]):
             corpus = PreparedCorpus(d.train_data[0])
-            corpus.check_settings(model.tokenizer, s, rows.pair_kind)  # this tokenizer, prompts, max lengths
-            dataset = PreparedGroupedDataset(corpus, group_size, seed, rows.needs_scores, label_kind=rows.pair_kind)
+            corpus.check_settings(model.tokenizer, s, rows)  # lengths of this tokenizer, prompts, max lengths
+            dataset = PreparedGroupedDataset(corpus, group_size, seed, rows)
             sampler = build_prepared_sampler(corpus, **options)
             accelerator.print(f"prepared corpus {corpus.path}: {len(corpus)} rows from "
                               f"{len(corpus.source_names)} source(s), memory-mapped")
         else:
-            examples, report = load_examples(d.train_data, pair_kind=rows.pair_kind, score_max=d.score_max,
-                                             skip_bad_rows=d.skip_bad_rows)
+            examples, report = load_examples(d.train_data, rows, score_max=d.score_max, skip_bad_rows=d.skip_bad_rows)
             accelerator.print(report.summary())
             if hint := prepare_hint(len(examples), d.train_data):
                 accelerator.print(hint)
-            dataset = GroupedDataset(examples, group_size, seed, needs_scores=rows.needs_scores)
+            dataset = GroupedDataset(examples, group_size, seed, rows)
             sampler = build_train_sampler(examples, model.tokenizer, s, **options, file_names=d.train_data,
                                           progress=accelerator.is_main_process)
         description = sampler.describe()  # plans epoch 0: data that cannot form a batch fails here
     except (DataError, ValueError) as e:
-        raise SystemExit(f"data error: {e}") from None
+        raise data_error(cfg, e) from None
     accelerator.print(description)
     # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
     # that dropout uses (a resumed run starts an iterator mid-epoch).
@@ -328,7 +329,18 @@ def check_data_options(cfg: TrainConfig) -> None:
         check_sampler_options(num_files, d.dataset_weights, d.same_dataset_batches, d.bucket_boundaries,
                               d.sampling_alpha)
     except ValueError as e:  # DataError included
-        raise SystemExit(f"data error: {e}") from None
+        raise data_error(cfg, e) from None
+
+
+DATA_FIELD_KEYS = {"same_dataset": "same_dataset_batches", "boundaries": "bucket_boundaries", "dedup": "dedup_batches"}
+
+
+def data_error(cfg: TrainConfig, error: Exception, text: str | None = None) -> SystemExit:
+    """A data/ error as train.py says it: `data error: ...`, the options it names (OptionError: by field) shown as
+    their flags, or as the YAML file and line they came from."""
+    if isinstance(error, OptionError):
+        text = error.text({f: option_name(cfg, DATA_FIELD_KEYS.get(f, f)) for f in error.fields})
+    return SystemExit(f"data error: {text or error}")
 
 
 def check_model_files(cfg: TrainConfig) -> None:

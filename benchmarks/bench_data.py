@@ -177,7 +177,9 @@ def planner_with_duplicates(n: int, shared: float, batch_size: int) -> dict:
     """The planner alone on synthetic arrays of n rows (query + positive hashes, corpus-like length keys) where a
     fraction `shared` of the rows repeats another row's query: the cost of the duplicate check when it has work
     (the synthetic corpus above has none). -> seconds for rows_that_can_collide, the sampler, the plan of epoch 0."""
-    from data.bucket_sampler import BucketBatchSampler, EncodedKeys, TextIds, rows_that_can_collide
+    from data.batch_planner import BucketBatchSampler
+    from data.length_buckets import EncodedKeys
+    from data.text_ids import TextIds, rows_that_can_collide
 
     rng = np.random.default_rng(0)
     keys = (-(-rng.integers(42, 103, n) // 8) * 8 << 32) | rng.integers(8, 17, n)

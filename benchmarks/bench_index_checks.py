@@ -1,4 +1,4 @@
-"""What a prepared corpus's integrity checks cost (data/prepared.py; issue 25, point 9).
+"""What a prepared corpus's integrity checks cost (data/prepared/; issue 25, point 9).
 
     python -m benchmarks.bench_index_checks --rows 1000000 10000000 --corpus-rows 300000
 
@@ -57,7 +57,7 @@ def synthetic_index(folder: str, n: int, seed: int = 0) -> dict:
 
 
 def open_checks(n: int, repeats: int) -> dict:
-    import data.prepared as prepared
+    import data.prepared.format as prepared
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
         manifest = synthetic_index(folder, n)
@@ -80,7 +80,7 @@ def row_reads(corpus_rows: int, reads: int, loader_batches: int, trials: int) ->
     time by other work on shared cores), median over `trials` alternating trials of each mode."""
     from transformers import AutoTokenizer
 
-    import data.prepared as prepared
+    import data.prepared.read as prepared
     from benchmarks.bench_data import WordTokens, vocabulary, write_corpus
     from data.collator import Collator
     from data.groups import PreparedGroupedDataset

@@ -1,6 +1,6 @@
 """Padding waste of training batches with and without length buckets, on a real file.
 
-Builds the sampler train.py uses (data/bucket_sampler.py) twice — random batches and length buckets — runs
+Builds the sampler train.py uses (data/batch_planner.py) twice — random batches and length buckets — runs
 every rank's batches of one or more epochs through the real GroupedDataset and Collator (pads to the batch's
 longest, multiple of 8) and counts padded vs real tokens in the query and passage tensors:
 
@@ -19,7 +19,7 @@ import time
 
 from transformers import AutoTokenizer
 
-from data.bucket_sampler import BucketBatchSampler
+from data.batch_planner import BucketBatchSampler
 from data.collator import Collator
 from data.examples import Example, load_examples
 from data.groups import GroupedDataset

@@ -16,7 +16,6 @@ counted and reported instead, never dropped silently.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,35 +23,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from data.tables import COLUMNAR_FORMATS, TABLE_FORMATS, DataError, iter_columnar, iter_table, table_format
+from data.row_kind import RowKind
+from data.rows import Example  # noqa: F401  (declared in data/rows.py; callers import it from here too)
+from data.tables import DataError, OptionError, file_format, iter_rows, suffixes
 
 FLOAT32_MAX = 3.4028234663852886e38  # teacher scores become float32 tensors
 
 # NLI gold labels -> class ids of the 3-way softmax loss (evaluation's pair classification maps them differently:
 # evaluation/task_files.py NLI_IS_POSITIVE).
 NLI_CLASS_IDS = {"entailment": 0, "neutral": 1, "contradiction": 2}
-
-
-@dataclass
-class Example:
-    query: str
-    pos: list[str]
-    neg: list[str] = field(default_factory=list)
-    pos_scores: list[float] | None = None
-    neg_scores: list[float] | None = None
-    prompt: str | None = None
-    label: float | int | None = None  # NLI class id (softmax loss) or a 0-1 similarity (cosine loss)
-    source: str = ""  # "file:line", for messages
-    file_index: int = 0  # position of its training file in --train-data (same-file batches, per-file weights)
-
-
-def examples_digest(examples: list[Example]) -> str:
-    """16 hex digits of SHA-256 over every example's content and file, in order (a resumed run checks it)."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.query, ex.pos, ex.neg, ex.pos_scores, ex.neg_scores, ex.prompt, ex.label, ex.file_index],
-                            ensure_ascii=False).encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -111,8 +90,7 @@ def check_data_paths(paths: list[str]) -> None:
 
 
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-COLUMNAR_SUFFIXES = tuple(COLUMNAR_FORMATS)
-DATA_FILE_SUFFIXES = tuple(TABLE_FORMATS) + COLUMNAR_SUFFIXES
+DATA_FILE_SUFFIXES = tuple(suffixes())  # data/tables.py FILE_FORMATS
 HELD_OUT_WORDS = {"test", "testing", "dev", "val", "valid", "validation", "eval", "evaluation", "heldout"}
 
 
@@ -179,14 +157,10 @@ def iter_raw_rows(path: str):
 def _iter_file(path: str):
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
-    if path.lower().endswith(COLUMNAR_SUFFIXES):
-        rows = iter_columnar(path)
-    elif table_format(path) is not None:
-        rows = iter_table(path)
-    else:
+    if file_format(path) is None:
         raise DataError(f"{path}: unknown file type {os.path.splitext(path)[1].lower()!r} (use "
                         f"{', '.join(DATA_FILE_SUFFIXES)}, or a datasets folder)")
-    for n, row in rows:
+    for n, row in iter_rows(path):
         yield f"{path}:{n}", row
 
 
@@ -259,7 +233,7 @@ def _score_list(row, key, length, texts_key, where):
     return [float(v) for v in value]
 
 
-def _row_kind(row: dict, where: str) -> str:
+def _row_format(row: dict, where: str) -> str:
     if "query" in row:
         return "group"
     if "anchor" in row:
@@ -277,7 +251,7 @@ def _row_kind(row: dict, where: str) -> str:
 
 def parse_row(row: dict, where: str, score_max: float = 5.0):
     """One raw row -> ("group", Example) | ("nli", Example with label) | ("scored", Example with 0-1 label)."""
-    kind = _row_kind(row, where)
+    kind = _row_format(row, where)
     if kind == "group":
         query = _text(row, "query", where)
         pos = _text_list(row, "pos", where, required=True)
@@ -302,7 +276,8 @@ def parse_row(row: dict, where: str, score_max: float = 5.0):
         raise DataError(f"{where}: field 'score' must be a number, got {raw!r}") from None
     label = score / score_max
     if not 0.0 <= label <= 1.0:
-        raise DataError(f"{where}: field 'score' {score} is outside [0, {score_max}] (set --score-max)")
+        raise OptionError("score_max", f"{where}: field 'score' {score} is outside [0, {score_max}] "
+                                       "(set {score_max})")
     return "scored", Example(s1, [s2], label=label, source=where)
 
 
@@ -328,21 +303,15 @@ def nli_to_groups(pairs: list[Example], report: LoadReport) -> list[Example]:
     return groups
 
 
-def pair_kind_for(needs) -> str | None:
-    """The labelled-pair rows a loss's `needs` asks for ("nli" / "scored"), or None for query / passage groups."""
-    kinds = {"nli_label": "nli", "similarity_score": "scored"}
-    found = [kinds[f] for f in needs if f in kinds]
-    return found[0] if found else None
-
-
-def iter_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+def iter_examples(paths: list[str] | str, rows: RowKind = RowKind.GROUPS, score_max: float = 5.0,
                   skip_bad_rows: bool = False, report: LoadReport | None = None):
-    """Validated `Example`s of every file in order, streamed (data/prepared.py reads 100M+ rows through it).
+    """Validated `Example`s of every file in order, streamed (data/prepared/ reads 100M+ rows through it).
 
-    pair_kind=None (contrastive losses): rows must be groups (BGE / anchor-positive) or NLI (converted; an NLI file
-    is held in memory until its groups are formed). pair_kind="nli" (softmax loss) or "scored" (cosine loss): rows
-    must be labelled pairs of that kind. Skipped rows and notes go to `report`.
+    rows GROUPS / SCORED_GROUPS (contrastive losses, distillation): rows must be groups (BGE / anchor-positive) or
+    NLI (converted; an NLI file is held in memory until its groups are formed). NLI_PAIRS (softmax loss) or
+    SCORED_PAIRS (cosine loss): rows must be labelled pairs of that kind. Skipped rows and notes go to `report`.
     """
+    pair_kind = rows.pair_kind
     paths = [paths] if isinstance(paths, str) else list(paths)
     check_data_paths(paths)
     report = report if report is not None else LoadReport()
@@ -351,19 +320,19 @@ def iter_examples(paths: list[str] | str, pair_kind: str | None = None, score_ma
         kind, nli_pairs = None, []
         for where, row in iter_raw_rows(path):
             try:
-                row_kind, ex = parse_row(row, where, score_max)
+                row_format, ex = parse_row(row, where, score_max)
             except DataError as e:
                 if not skip_bad_rows:
                     raise
                 report.skipped[str(e).split(": ", 1)[1]] += 1
                 continue
             if kind is None:
-                kind, first = row_kind, where
+                kind, first = row_format, where
                 _check_kind(path, kind, pair_kind)
-            elif row_kind != kind:
-                found = sorted({kind, row_kind}, key=order.index)
+            elif row_format != kind:
+                found = sorted({kind, row_format}, key=order.index)
                 one = "folder (one source: one format across its files)" if os.path.isdir(path) else "file"
-                raise DataError(f"{path}: mixes row formats {found} ({kind} at {first}, {row_kind} at {where}); use "
+                raise DataError(f"{path}: mixes row formats {found} ({kind} at {first}, {row_format} at {where}); use "
                                 f"one format per {one}")
             ex.file_index = file_index
             report.rows += 1
@@ -384,11 +353,11 @@ def _check_kind(path: str, kind: str, pair_kind: str | None) -> None:
             raise DataError(f"{path}: this loss trains on labelled pairs ({need}); the file holds {kind} rows")
     elif kind == "scored":
         raise DataError(f"{path}: contrastive losses need query/positive data; the file holds scored pairs "
-                        "(train it with --loss cosine)")
+                        "(sentence1, sentence2, score), which the cosine loss trains on")
 
 
-def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+def load_examples(paths: list[str] | str, rows: RowKind = RowKind.GROUPS, score_max: float = 5.0,
                   skip_bad_rows: bool = False) -> tuple[list[Example], LoadReport]:
     """Read and validate every row of every file before training starts (`iter_examples`, as a list)."""
     report = LoadReport()
-    return list(iter_examples(paths, pair_kind, score_max, skip_bad_rows, report)), report
+    return list(iter_examples(paths, rows, score_max, skip_bad_rows, report)), report

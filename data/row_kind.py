@@ -25,10 +25,11 @@ class RowKind(enum.Enum):
 
     @property
     def is_pairs(self) -> bool:
-        """One sentence pair per row: the group size is 1 whatever --group-size says."""
+        """One sentence pair per row: the group size is 1 whatever group_size says."""
         return self.pair_kind is not None
 
     @property
     def needs_scores(self) -> bool:
         """Every passage of a group carries a teacher score."""
         return self is RowKind.SCORED_GROUPS
+

@@ -1,19 +1,20 @@
-"""What the batch planner (data/bucket_sampler.py) needs from the examples, computed once per run, per example:
+"""What the batch planner (data/batch_planner.py) needs from raw examples, computed once per run, per example:
 
-- length keys: (longest passage in tokens rounded up to 8, query tokens), the sort key of the length buckets;
-  `shared_length_keys` splits the tokenising across the processes of a distributed run;
-- text ids: 64-bit hashes of the query and positives and of the hard negatives (`bucket_sampler.TextIds`), so
-  duplicate texts can be kept out of a batch by comparing ints instead of strings;
-- the file index is `Example.file_index` (position of the example's file in --train-data).
+- length keys: (longest passage in tokens rounded up to 8, query tokens), the sort key of the length buckets
+  (data/length_buckets.py); `shared_length_keys` splits the tokenising across the processes of a distributed run;
+- text ids: 64-bit hashes of the query and positives and of the hard negatives (data/text_ids.py), so duplicate
+  texts can be kept out of a batch by comparing ints instead of strings;
+- the file index is `Example.file_index` (position of the example's training source).
 
-A prepared corpus (data/prepared.py) stores the same token lengths and hashes per row, computed by the same
-functions (`token_counts`, `text_hash`), so both paths feed the planner the same arrays.
+A prepared corpus (data/prepared/) stores the same token lengths and hashes per row, computed by the same
+functions (`token_counts`, `row_text_hashes`), so both paths feed the planner the same arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from data.bucket_sampler import TextIds, text_hash
+from data.length_buckets import passage_key
+from data.text_ids import TextIds, row_text_hashes
 
 
 def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
@@ -23,11 +24,6 @@ def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
     ids = tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_attention_mask=False,
                     return_token_type_ids=False)["input_ids"]
     return [len(x) for x in ids]
-
-
-def passage_key(longest_passage: np.ndarray | int):
-    """The bucket key's first part: the longest passage in tokens, rounded up to the collator's multiple of 8."""
-    return -(-longest_passage // 8) * 8
 
 
 def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
@@ -81,15 +77,8 @@ def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len:
     return out
 
 
-def row_text_hashes(query: str, pos: list[str], neg: list[str]) -> tuple[list[int], list[int]]:
-    """(hashes of the query and positives, hashes of the hard negatives that are not among them), each distinct."""
-    keys = list(dict.fromkeys([text_hash(query), *map(text_hash, pos)]))
-    own = set(keys)
-    return keys, [h for h in dict.fromkeys(map(text_hash, neg)) if h not in own]
-
-
 def text_ids(examples) -> TextIds:
     """Per example: 64-bit hashes of its query and positives, and of its hard negatives; equal strings, equal ids
-    (and, with probability ~2⁻⁶⁴ per pair, two different strings — see data/bucket_sampler.py)."""
+    (and, with probability ~2⁻⁶⁴ per pair, two different strings — see data/text_ids.py)."""
     rows = [row_text_hashes(ex.query, ex.pos, ex.neg) for ex in examples]
     return TextIds.from_lists([k for k, _ in rows], [n for _, n in rows])

@@ -22,15 +22,38 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-# Suffix -> format. Evaluation looks for task splits by the first three only (evaluation/task_files.py).
-TABLE_FORMATS = {".jsonl": "jsonl", ".tsv": "tsv", ".csv": "csv", ".json": "jsonl", ".txt": "tsv"}
-COLUMNAR_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}  # training data only (`iter_columnar`)
+# Suffix -> format: the one map of the file types read here. Evaluation looks for task splits by the first three only
+# (evaluation/task_files.py); the columnar formats are for training data only (`iter_columnar`).
+FILE_FORMATS = {".jsonl": "jsonl", ".tsv": "tsv", ".csv": "csv", ".json": "jsonl", ".txt": "tsv",
+                ".parquet": "parquet", ".arrow": "arrow"}
+TABLE_KINDS, COLUMNAR_KINDS = ("jsonl", "tsv", "csv"), ("parquet", "arrow")
 # Some STS/NLI sentences are long; the csv module's default 128 KiB field limit is not a property of the data.
 FIELD_SIZE_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 class DataError(ValueError):
     """A data file or row that cannot be used; the message names the file, the line and the field."""
+
+
+class OptionError(DataError):
+    """An option given to data/ that cannot be used with this data. The message names options by their field
+    (`sampling_alpha`), never by a command-line flag: it is written with each field as `{field}`, and a command line
+    shows it with its own names, `error.text({"sampling_alpha": "--sampling-alpha"})`; str(error) = `text()`."""
+
+    def __init__(self, fields: str | tuple[str, ...], template: str):
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        self.field, self.template = self.fields[0], template
+        super().__init__(self.text())
+
+    def __reduce__(self):  # a DataLoader worker's error travels pickled
+        return type(self), (self.fields, self.template)
+
+    def text(self, names: dict[str, str] | None = None) -> str:
+        """The message with each field shown as names[field] (default: the field itself)."""
+        out = self.template
+        for f in self.fields:
+            out = out.replace("{" + f + "}", (names or {}).get(f, f))
+        return out
 
 
 class TableError(DataError):
@@ -41,9 +64,27 @@ class TableError(DataError):
         super().__init__(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
 
 
+def file_format(path: str | Path) -> str | None:
+    """The format of a file from its suffix (`FILE_FORMATS`); None for a suffix no reader here reads."""
+    return FILE_FORMATS.get(Path(path).suffix.lower())
+
+
 def table_format(path: str | Path) -> str | None:
     """"jsonl", "tsv" or "csv" from the file's suffix; None for any other suffix."""
-    return TABLE_FORMATS.get(Path(path).suffix.lower())
+    fmt = file_format(path)
+    return fmt if fmt in TABLE_KINDS else None
+
+
+def suffixes(kinds=TABLE_KINDS + COLUMNAR_KINDS) -> list[str]:
+    """The suffixes of the given formats, in `FILE_FORMATS` order (for messages and folder listings)."""
+    return [s for s, k in FILE_FORMATS.items() if k in kinds]
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line or row number, {column: value}) of a table or columnar file, by its suffix."""
+    if file_format(path) in COLUMNAR_KINDS:
+        return iter_columnar(path)
+    return iter_table(path)
 
 
 def iter_table(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -54,7 +95,7 @@ def iter_table(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     fmt = table_format(path)
     if fmt is None:
         raise TableError(path, f"unsupported file type {Path(path).suffix.lower()!r}; use one of "
-                               f"{', '.join(TABLE_FORMATS)}")
+                               f"{', '.join(suffixes(TABLE_KINDS))}")
     try:
         yield from _iter_jsonl(path) if fmt == "jsonl" else _iter_delimited(path, "\t" if fmt == "tsv" else ",")
     except UnicodeDecodeError:
@@ -113,10 +154,10 @@ def iter_columnar(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    kind = COLUMNAR_FORMATS.get(Path(path).suffix.lower())
-    if kind is None:
+    kind = file_format(path)
+    if kind not in COLUMNAR_KINDS:
         raise TableError(path, f"unsupported file type {Path(path).suffix.lower()!r}; use one of "
-                               f"{', '.join(COLUMNAR_FORMATS)}")
+                               f"{', '.join(suffixes(COLUMNAR_KINDS))}")
     n = 0
     try:
         if kind == "parquet":

@@ -1,12 +1,12 @@
-"""train.py's batch sampler: the planner (data/bucket_sampler.py) fed with per-example arrays — computed from the
-examples of raw files (data/sampler_inputs.py), or memory-mapped from a prepared corpus (data/prepared.py) — from
+"""train.py's batch sampler: the planner (data/batch_planner.py) fed with per-example arrays — computed from the
+examples of raw files (data/sampler_inputs.py), or memory-mapped from a prepared corpus (data/prepared/) — from
 train.py's options. The same rows give the same arrays either way, hence the same batches."""
 from __future__ import annotations
 
 from typing import Sequence
 
-from data.bucket_sampler import BucketBatchSampler
-from data.examples import examples_digest
+from data.batch_planner import BucketBatchSampler
+from data.rows import examples_digest
 from data.sampler_inputs import shared_length_keys, text_ids
 
 
@@ -17,7 +17,8 @@ def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed:
                         file_names: Sequence[str] | None = None, progress: bool = True) -> BucketBatchSampler:
     """train.py's sampler over raw examples; `settings` (EncoderSettings) gives max lengths and prompts.
 
-    Option names follow train.py's (--same-dataset-batches, --dataset-weights): both are about training files."""
+    same_dataset, dataset_weights, sampling_alpha: every batch from one training source, each source's share of
+    the batches (`check_sampler_options` names these options in its errors)."""
     import numpy as np
 
     keys = (shared_length_keys(examples, tokenizer, settings.query_max_len, settings.passage_max_len,

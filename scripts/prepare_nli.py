@@ -18,6 +18,7 @@ import argparse
 
 
 from data.examples import DataError, load_examples, nli_to_groups
+from data.row_kind import RowKind
 from pipelines.corpus_search import add_overwrite_flag, check_output, example_to_row, write_jsonl
 from storage.folders import OutputError
 
@@ -36,7 +37,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_output(args.output, [("--input", path) for path in args.input], args.overwrite)
     try:
-        pairs, report = load_examples(args.input, pair_kind="nli")
+        pairs, report = load_examples(args.input, RowKind.NLI_PAIRS)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     groups = nli_to_groups(pairs, report)

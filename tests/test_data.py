@@ -9,6 +9,8 @@ import pytest
 from data.collator import Collator
 from data.examples import NLI_CLASS_IDS, DataError, load_examples
 from data.groups import GroupedDataset
+from data.row_kind import RowKind
+from data.tables import OptionError
 from tests.helpers import REPO, minilm_path
 
 
@@ -48,7 +50,7 @@ def test_nli_rows_become_groups_or_labelled_pairs(tmp_path):
     groups, report = load_examples(str(path))
     assert [(g.query, g.pos, g.neg) for g in groups] == [("P1", ["E1"], ["C1"])]
     assert any("no entailment" in note for note in report.notes)  # P2 is reported, not silently lost
-    pairs, _ = load_examples(str(path), pair_kind="nli")
+    pairs, _ = load_examples(str(path), RowKind.NLI_PAIRS)
     assert [p.label for p in pairs] == [NLI_CLASS_IDS[x] for x in ("entailment", "contradiction", "neutral",
                                                                  "contradiction")]
 
@@ -56,11 +58,12 @@ def test_nli_rows_become_groups_or_labelled_pairs(tmp_path):
 def test_scored_pairs_are_scaled_for_the_cosine_loss(tmp_path):
     path = tmp_path / "sts.tsv"
     path.write_text("sentence1\tsentence2\tscore\nA\tB\t4.0\nC\tD\t0\n", encoding="utf-8")
-    pairs, _ = load_examples(str(path), pair_kind="scored")
+    pairs, _ = load_examples(str(path), RowKind.SCORED_PAIRS)
     assert [p.label for p in pairs] == [0.8, 0.0]
-    with pytest.raises(DataError, match=r"sts.tsv:2: field 'score' 4.0 is outside \[0, 2.0\]"):
-        load_examples(str(path), pair_kind="scored", score_max=2.0)
-    with pytest.raises(DataError, match="scored pairs.*--loss cosine"):
+    with pytest.raises(OptionError, match=r"sts.tsv:2: field 'score' 4.0 is outside \[0, 2.0\] \(set score_max\)") as e:
+        load_examples(str(path), RowKind.SCORED_PAIRS, score_max=2.0)
+    assert e.value.field == "score_max" and "(set --score-max)" in e.value.text({"score_max": "--score-max"})
+    with pytest.raises(DataError, match="scored pairs.*which the cosine loss trains on"):
         load_examples(str(path))
 
 
@@ -270,10 +273,12 @@ def test_distill_needs_scores_on_every_row(tmp_path):
     scored = {**GOOD, "pos_scores": [0.9], "neg_scores": [0.1, 0.2]}
     examples, _ = load_examples(write(tmp_path, "d.jsonl", [scored, GOOD]))
     with pytest.raises(DataError, match=r"d.jsonl:2: field 'pos_scores'/'neg_scores' missing"):
-        GroupedDataset(examples, 3, needs_scores=True)
-    with pytest.raises(DataError, match=r"d.jsonl:1: field 'neg' has 2 scored negatives.*--group-size 4"):
-        GroupedDataset(examples[:1], 4, needs_scores=True)
-    item = GroupedDataset(examples[:1], 3, needs_scores=True)[0]
+        GroupedDataset(examples, 3, rows=RowKind.SCORED_GROUPS)
+    with pytest.raises(OptionError, match=r"d.jsonl:1: field 'neg' has 2 scored negatives.*group_size 4") as e:
+        GroupedDataset(examples[:1], 4, rows=RowKind.SCORED_GROUPS)
+    assert e.value.field == "group_size"
+    GroupedDataset(examples, 3)  # precondition: the same rows serve a loss without teacher scores
+    item = GroupedDataset(examples[:1], 3, rows=RowKind.SCORED_GROUPS)[0]
     assert item["teacher_scores"][0] == 0.9 and sorted(item["teacher_scores"][1:]) == [0.1, 0.2]
 
 
@@ -317,7 +322,7 @@ def test_training_and_evaluation_read_a_tsv_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "bom.tsv"
     path.write_bytes("\ufeffsentence1\tsentence2\tscore\na cat\ta dog\t1.0\nrain\tsnow\t4.0\n".encode("utf-8"))
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")  # the precondition: the file really has a BOM
-    examples, _ = load_examples(str(path), pair_kind="scored")
+    examples, _ = load_examples(str(path), RowKind.SCORED_PAIRS)
     assert [(ex.query, ex.pos, ex.label) for ex in examples] == [("a cat", ["a dog"], 0.2), ("rain", ["snow"], 0.8)]
     assert read_sts(path).scores == [1.0, 4.0]
 

@@ -1,10 +1,11 @@
-"""data/prepared.py + scripts/prepare_data.py: a prepared corpus gives the raw path's batches and items, train.py
+"""data/prepared/ + scripts/prepare_data.py: a prepared corpus gives the raw path's batches and items, train.py
 trains on it with the same losses, --sampling-alpha gives GTE's shares, and every bad input of issue 12 is refused
 with what to do (each case checks its precondition: the same call without the fault works)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -12,11 +13,13 @@ import pytest
 from transformers import AutoTokenizer
 
 import train
-from data.bucket_sampler import BucketBatchSampler
+from data.batch_planner import BucketBatchSampler
 from data.collator import Collator
 from data.examples import DataError, load_examples
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, prepare
+from data.row_kind import RowKind
+from data.tables import OptionError
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from data.sampler_inputs import length_keys, text_ids
 from models.settings import EncoderSettings
@@ -160,12 +163,14 @@ def test_sampling_alpha_gives_gte_shares():
 def test_negative_alpha_is_refused(run, alpha, message):
     files = np.repeat(np.arange(2), 40)
     BucketBatchSampler(80, 4, file_index=files, same_file=True, sampling_alpha=0.5)  # precondition: 0.5 works
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=message) as e:
         BucketBatchSampler(80, 4, file_index=files, same_file=True, sampling_alpha=alpha)
+    assert e.value.field == "sampling_alpha"
     model, inputs, _ = run
-    with pytest.raises(SystemExit, match="--sampling-alpha must be ≥ 0"):
+    # through train.py: the flags (train.py maps OptionError.fields)
+    with pytest.raises(SystemExit, match=r"data error: --sampling-alpha \S+: must be ≥ 0"):
         train.main(train.TrainConfig.of(model=model, train_data=inputs, same_dataset_batches=True, sampling_alpha=alpha))
-    with pytest.raises(SystemExit, match="--sampling-alpha chooses the source.*--same-dataset-batches"):
+    with pytest.raises(SystemExit, match=r"--sampling-alpha: chooses the source.*\(set --same-dataset-batches\)"):
         train.main(train.TrainConfig.of(model=model, train_data=inputs, sampling_alpha=0.5))
 
 
@@ -506,25 +511,35 @@ def test_a_corpus_prepared_for_other_settings_is_refused_with_the_differences(ru
     with pytest.raises(SystemExit) as e:
         train.main(train.TrainConfig.of(**{**args, "passage_max_len": 32, "query_prompt": "query: ",
                                         "output_dir": str(tmp_path / "o2")}))
+    # through train.py: the fields until train.py shows its flags (issue 22: train.py maps OptionError.fields)
     assert "--passage-max-len: 24 in the corpus, 32 in this run" in str(e.value)
     assert "--query-prompt: '' in the corpus, 'query: ' in this run" in str(e.value)
     with pytest.raises(SystemExit, match="rows: query/passage groups in the corpus, nli for this loss"):
         train.main(train.TrainConfig.of(**{**args, "loss": "softmax", "output_dir": str(tmp_path / "o3")}))
+    # the library call: an OptionError naming the settings' fields
+    other_settings = EncoderSettings(query_max_len=16, passage_max_len=32, query_prompt="query: ")
+    with pytest.raises(OptionError) as e:
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), other_settings, RowKind.GROUPS)
+    assert e.value.fields == ("passage_max_len", "query_prompt") and "--" not in str(e.value)
+    assert "passage_max_len: 24 in the corpus, 32 in this run" in str(e.value)
+    with pytest.raises(DataError, match="rows: query/passage groups in the corpus, nli for this loss"):
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), SETTINGS, RowKind.NLI_PAIRS)
     # another tokenizer: the same folder with one more token
     other = str(tmp_path / "other-tokenizer")
     tok = AutoTokenizer.from_pretrained(model)
     tok.add_tokens(["zzzunseenword"])
     tok.save_pretrained(other)
     with pytest.raises(DataError, match=r"tokenizer \(fingerprint\): '\w+' in the corpus, '\w+' in this run"):
-        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(other), SETTINGS, None)
-    PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), SETTINGS, None)  # precondition
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(other), SETTINGS, RowKind.GROUPS)
+    for rows in (RowKind.GROUPS, RowKind.SCORED_GROUPS):  # precondition: the same tokenizer and settings pass
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), SETTINGS, rows)
 
 
 def test_prepared_corpus_is_the_only_train_data_and_weights_count_its_sources(run, corpus):
     model, inputs, _ = run
     with pytest.raises(SystemExit, match="a prepared corpus must be the only --train-data"):
         train.main(train.TrainConfig.of(model=model, train_data=[corpus, inputs[0]]))
-    with pytest.raises(SystemExit, match="3 dataset weights for 2 training files"):
+    with pytest.raises(SystemExit, match="3 weights for 2 training files"):
         train.main(train.TrainConfig.of(model=model, train_data=[corpus], same_dataset_batches=True,
                                      dataset_weights=[1, 1, 1]))
 
@@ -557,4 +572,5 @@ def test_train_py_says_when_preparing_would_pay():
 
     assert prepare_hint(PREPARE_HINT_ROWS - 1, ["a.jsonl"]) is None
     hint = prepare_hint(PREPARE_HINT_ROWS, ["a.jsonl", "b.tsv"])
-    assert "python -m scripts.prepare_data --input a.jsonl b.tsv" in hint and "--train-data DIR" in hint
+    assert "python -m scripts.prepare_data --input a.jsonl b.tsv" in hint and "then train on DIR" in hint
+    assert "--model" not in hint and "--train-data" not in hint  # a library note names no train.py flag

@@ -1,8 +1,9 @@
 """The batch planner for contrastive training: length buckets, same-file batches with weights, no duplicate texts.
 
-It works on per-example inputs given as numpy arrays — length keys, text ids (64-bit hashes), file index — and
-never sees a text. They come from the examples (data/sampler_inputs.py, raw files) or are memory-mapped from a
-prepared corpus (data/prepared.py); data/train_sampler.py wires either into train.py. Both paths give the same
+It works on per-example inputs given as numpy arrays — length keys (data/length_buckets.py), text ids (64-bit
+hashes, data/text_ids.py), file index — and never sees a text. They come from the examples (data/sampler_inputs.py,
+raw files) or are memory-mapped from a prepared corpus (data/prepared/); data/train_sampler.py wires either into
+train.py. Both paths give the same
 arrays for the same rows, so they get the same batches. Time and memory are linear in the number of examples with
 small constants (numpy passes over chunks of 4M rows, a sort per bucket's shuffle; Python work only for the few
 batches where duplicates meet): it keeps 10 bytes per example (bucket 2, members sorted by pool and bucket 4,
@@ -20,8 +21,8 @@ How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
 2. One pass over a pool. Inside a pool, examples are split into length buckets by a length key: the longest
    positive / negative in tokens (rounded up to 8), then the query's tokens (`sampler_inputs.length_keys`; BGE's
    split_by_length uses max(query, passages), which any int key reproduces). Buckets are ranges of that key
-   holding about equal numbers of examples (`quantile_boundaries`) or given by token edges. Each bucket is
-   shuffled and cut into full global batches ("pure" batches: every example from one bucket).
+   holding about equal numbers of examples (`length_buckets.quantile_boundaries`) or given by token edges. Each
+   bucket is shuffled and cut into full global batches ("pure" batches: every example from one bucket).
    Leftovers: each bucket's last incomplete batch is not dropped. The leftovers of all buckets of the pool are
    sorted by length and cut into full global batches ("mixed" batches, spanning neighbouring buckets; at most
    one fewer than the number of buckets per pass). Only what is still left after that — fewer than one global
@@ -33,7 +34,7 @@ How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
    deferred (counted in `deferred`): it stays at the front of the queue and goes into the next batch of the same
    bucket (else into the mixed batches, else it sits out this epoch, counted in `left_out`). A duplicate
    positive would be a false in-batch negative; a hard negative equal to another row's query or positive would
-   be one too. Texts compare by 64-bit hashes (`TextIds`): two different texts share a hash with probability
+   be one too. Texts compare by 64-bit hashes (`text_ids.TextIds`): two different texts share a hash with probability
    about 2⁻⁶⁴ per pair (≈ 3·10⁻⁴ for a corpus of 10⁸ distinct texts), and such a collision only defers an
    example that did not need it — a real duplicate is never missed. Random negatives that the dataset draws
    for rows with too few hard negatives are picked per epoch after batching and are not checked.
@@ -43,7 +44,7 @@ How one epoch is planned (`BucketBatchSampler.plan(epoch)`):
    so a run is checked by sorting the hashes of those rows alone; in a corpus of distinct texts that is none.
 3. Order. Batches of a pass are shuffled, so the buckets come in random order. Without weights the epoch
    interleaves the pools' batches in a random order, each batch once. With weights, each step's file is drawn
-   with probability w_d / Σw (a seeded generator); w_d = (--dataset-weights)_d × n_d^α with --sampling-alpha α
+   with probability w_d / Σw (a seeded generator); w_d = (dataset_weights)_d × n_d^α with sampling_alpha α
    (GTE: α = 0.5; α = 1 proportional to size, α = 0 uniform over files), either factor 1 when not given.
    Either way an epoch has Σ_d floor(N_d / global_batch) steps — one pass over all data's worth. A file that
    runs out of batches within the epoch (upsampled by its weight, or short of batches because duplicates could
@@ -64,162 +65,13 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from data.length_buckets import QUERY_BITS, auto_num_buckets, encode_length_keys, quantile_boundaries
+from data.tables import OptionError
+from data.text_ids import TextIds, conflicting_groups
+
 MIXED = -1  # `GlobalBatch.bucket` of a batch made of several buckets' leftovers
 ALL_FILES = -1  # `GlobalBatch.file` when batches are not kept to one file (the one pool is all the data)
 MAX_FRONT_DEFERRED = 1  # × global batch: deferred examples kept at the queue's front; more go to its back
-QUERY_BITS = 32  # a (passage, query) length key is passage · 2³² + query as one int64
-
-
-# ------------------------------------------------------------------------------------------ inputs
-def text_hash(text: str) -> int:
-    """64-bit hash of a text (BLAKE2b, 8 bytes, little-endian): the same in every process, run and machine."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-@dataclass
-class TextIds:
-    """Per example, the 64-bit hashes of its query and positives (`keys`) and of its hard negatives (`negs`), as
-    CSR arrays: example i's keys are key_hashes[key_offsets[i]:key_offsets[i+1]]. Each example's keys are
-    distinct, and its negatives are distinct and not among its own keys (an example never collides with itself).
-    The arrays may be memory-mapped (a prepared corpus); the planner reads them only for rows that can collide."""
-
-    key_offsets: np.ndarray  # [N+1] int64
-    key_hashes: np.ndarray  # [K] uint64
-    neg_offsets: np.ndarray  # [N+1] int64
-    neg_hashes: np.ndarray  # [M] uint64
-    can_collide: np.ndarray | None = None  # [N] bool, `rows_that_can_collide`; None = computed on first use
-
-    def __len__(self) -> int:
-        return len(self.key_offsets) - 1
-
-    @classmethod
-    def from_lists(cls, keys: Sequence[Sequence[int]], negs: Sequence[Sequence[int]]) -> "TextIds":
-        key_rows = [list(dict.fromkeys(k)) for k in keys]
-        neg_rows = []
-        for k, n in zip(key_rows, negs):
-            own = set(k)
-            neg_rows.append([t for t in dict.fromkeys(n) if t not in own])
-
-        def csr(rows):
-            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-            np.cumsum([len(r) for r in rows], out=offsets[1:])
-            return offsets, np.fromiter((t for r in rows for t in r), dtype=np.uint64, count=int(offsets[-1]))
-
-        return cls(*csr(key_rows), *csr(neg_rows))
-
-    def keys(self, i: int) -> list[int]:
-        return self.key_hashes[self.key_offsets[i]:self.key_offsets[i + 1]].tolist()
-
-    def negs(self, i: int) -> list[int]:
-        return self.neg_hashes[self.neg_offsets[i]:self.neg_offsets[i + 1]].tolist()
-
-    def collision_rows(self) -> np.ndarray:
-        if self.can_collide is None:
-            self.can_collide = rows_that_can_collide(self.key_offsets, self.key_hashes, self.neg_offsets,
-                                                     self.neg_hashes)
-        return self.can_collide
-
-    def gather(self, items: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
-        """(position in `items`, hash) of every key / neg hash of the given examples, in order of `items`."""
-        offsets, hashes = (self.key_offsets, self.key_hashes) if which == "keys" else (self.neg_offsets, self.neg_hashes)
-        start, count = offsets[items], offsets[items + 1] - offsets[items]
-        pos = np.repeat(np.arange(len(items)), count)
-        within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-        return pos, hashes[np.repeat(start, count) + within]
-
-
-def conflicting_groups(hashes: np.ndarray, is_key: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
-    """Which entries (hash, is_key) share a hash with another example in a way a batch may not hold: two keys (a
-    query or positive twice), or a key and a hard negative. Entries are grouped by hash (and by `group`, e.g. the
-    batch, when given); -> [entries] bool, True for every entry of a conflicting group. Hard negatives may repeat
-    among themselves; an example's own texts never conflict (`TextIds` keeps them distinct)."""
-    order = np.argsort(hashes) if group is None else np.lexsort((hashes, group))
-    h = hashes[order]
-    new = np.ones(len(h), dtype=bool)
-    new[1:] = h[1:] != h[:-1]
-    if group is not None:
-        g = group[order]
-        new[1:] |= g[1:] != g[:-1]
-    starts = np.flatnonzero(new)
-    keys = np.add.reduceat(is_key[order].astype(np.int64), starts) if len(h) else np.zeros(0, np.int64)
-    total = np.diff(np.append(starts, len(h)))
-    bad = (keys >= 2) | ((keys >= 1) & (total > keys))
-    out = np.zeros(len(h), dtype=bool)
-    out[order] = np.repeat(bad, total)
-    return out
-
-
-def rows_that_can_collide(key_offsets: np.ndarray, key_hashes: np.ndarray, neg_offsets: np.ndarray,
-                          neg_hashes: np.ndarray, entries_per_part: int = 1 << 24) -> np.ndarray:
-    """[N] bool: the rows some text of which another row also holds, as a key where either side is a key (the
-    only rows that can ever be deferred). Most rows of a real corpus are distinct; the planner checks only the
-    flagged ones, so planning a clean epoch costs a few array passes instead of a sort of every batch's hashes.
-    Hashes are split into parts by value (each part at most entries_per_part entries: bounded memory at 100M+
-    rows, arrays may be memory-mapped); O(H log H) time for H hashes."""
-    n = len(key_offsets) - 1
-    out = np.zeros(n, dtype=bool)
-    parts = max(1, -(-(len(key_hashes) + len(neg_hashes)) // entries_per_part))
-    for part in range(parts):
-        rows, hashes, is_key = [], [], []
-        for offsets, values, key in ((key_offsets, key_hashes, True), (neg_offsets, neg_hashes, False)):
-            at = np.flatnonzero(values % np.uint64(parts) == part) if parts > 1 else np.arange(len(values))
-            rows.append(np.searchsorted(offsets, at, side="right") - 1)
-            hashes.append(np.asarray(values[at]))
-            is_key.append(np.full(len(at), key))
-        rows_p = np.concatenate(rows)
-        out[rows_p[conflicting_groups(np.concatenate(hashes), np.concatenate(is_key))]] = True
-    return out
-
-
-@dataclass(frozen=True)
-class EncodedKeys:
-    """Length keys already encoded by `encode_length_keys` (e.g. memory-mapped from a prepared corpus)."""
-
-    keys: np.ndarray  # [N] int64
-    pairs: bool  # (passage, query) pairs as passage · 2³² + query
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def encode_length_keys(length_keys) -> tuple[np.ndarray, bool]:
-    """Length keys as one sortable int64 per example -> (keys, whether they are (passage, query) pairs).
-
-    Accepts ints (e.g. BGE's max length), (passage, query) tuples, an [N, 2] array of them, or EncodedKeys."""
-    if isinstance(length_keys, EncodedKeys):
-        return length_keys.keys, length_keys.pairs
-    a = np.asarray(length_keys, dtype=np.int64)
-    if a.ndim == 2:
-        if a.shape[1] != 2 or (a < 0).any() or (a[:, 1] >= 1 << QUERY_BITS).any():
-            raise ValueError("length keys must be ints or non-negative (passage, query) pairs")
-        return (a[:, 0] << QUERY_BITS) | a[:, 1], True
-    return a, False
-
-
-def quantile_boundaries(keys, num_buckets: int, chunk: int = 1 << 22) -> list:
-    """Inclusive upper edges of up to num_buckets buckets of about equal size along the sorted keys.
-
-    Keys are ints (encoded pairs compare like tuples); equal keys always share a bucket, so equal edges merge and a
-    bucket can be larger than N / num_buckets. The last bucket is open (every key above the last edge).
-    Computed from the keys' histogram, `chunk` keys at a time: memory O(distinct keys + chunk), not O(N).
-    """
-    if num_buckets < 1:
-        raise ValueError(f"number of length buckets must be ≥ 1, got {num_buckets}")
-    keys = np.asarray(keys)
-    counts: dict[int, int] = {}
-    for lo in range(0, len(keys), chunk):
-        values, n = np.unique(keys[lo:lo + chunk], return_counts=True)
-        for v, c in zip(values.tolist(), n.tolist()):
-            counts[v] = counts.get(v, 0) + c
-    values = np.array(sorted(counts))
-    cum = np.cumsum([counts[v] for v in values.tolist()])
-    edges: list = []
-    for k in range(1, num_buckets):
-        at = (k * len(keys) // num_buckets - 1) % len(keys)  # position in the sorted keys (-1: the last)
-        edge = values[np.searchsorted(cum, at, side="right")].item()
-        if (not edges or edge > edges[-1]) and edge < values[-1]:
-            edges.append(edge)
-    return edges
 
 
 def stable_cell_order(cell_of: Callable[[int, int], np.ndarray], n: int, num_cells: int, dtype,
@@ -242,41 +94,37 @@ def stable_cell_order(cell_of: Callable[[int, int], np.ndarray], n: int, num_cel
     return out, starts
 
 
-def auto_num_buckets(num_examples: int, global_batch: int, most: int = 64) -> int:
-    """Default bucket count: at least 2 global batches per bucket, at most `most` buckets.
 
-    More buckets, less padding; but each bucket must hold whole batches, and the fewer batches a bucket holds the
-    less random a batch's company is (and the more leftovers go to mixed batches).
-    """
-    return max(1, min(most, num_examples // (2 * global_batch)))
-
-
-def check_sampler_options(num_files: int, file_weights: Sequence[float] | None, same_file: bool,
+def check_sampler_options(num_files: int, dataset_weights: Sequence[float] | None, same_dataset: bool,
                           boundaries: Sequence[int] | None, sampling_alpha: float | None = None) -> None:
-    """Raise ValueError with what to change for inconsistent options (cheap: call it before loading a model).
-
-    Messages name train.py's options (--dataset-weights, --same-dataset-batches, --sampling-alpha)."""
-    if file_weights:
-        w = [float(x) for x in file_weights]
+    """OptionError saying what to change for inconsistent options (cheap: call it before loading a model). Options
+    are named as `build_train_sampler` (data/train_sampler.py) calls them: dataset_weights, same_dataset,
+    sampling_alpha, boundaries (the sampler's file_weights, same_file, sampling_alpha, boundaries)."""
+    if dataset_weights:
+        w = [float(x) for x in dataset_weights]
         if len(w) != num_files:
-            raise ValueError(f"{len(w)} dataset weights for {num_files} training files; give one weight per file, "
-                             "in the order of --train-data (a prepared corpus: in the order of its sources)")
+            raise OptionError("dataset_weights", f"{{dataset_weights}} {w}: {len(w)} weights for {num_files} training "
+                                                 "files; give one weight per file, in the order of the training data "
+                                                 "(a prepared corpus: in the order of its sources)")
         if any(not x >= 0 for x in w) or sum(w) <= 0:
-            raise ValueError(f"dataset weights must be ≥ 0 with a positive sum, got {w}")
-        if not same_file:
-            raise ValueError("dataset weights choose the file of each batch, so they need same-dataset batches "
-                             "(add --same-dataset-batches)")
+            raise OptionError("dataset_weights", f"{{dataset_weights}} {w}: weights must be ≥ 0 with a positive sum")
+        if not same_dataset:
+            raise OptionError(("dataset_weights", "same_dataset"),
+                              "{dataset_weights}: weights choose the file of each batch, so they need same-dataset "
+                              "batches (set {same_dataset})")
     if sampling_alpha is not None:
         if not (sampling_alpha >= 0 and np.isfinite(sampling_alpha)):
-            raise ValueError(f"--sampling-alpha must be ≥ 0 (sources drawn ∝ rows^α: 1 proportional, 0 uniform, "
-                             f"GTE 0.5), got {sampling_alpha}")
-        if not same_file:
-            raise ValueError("--sampling-alpha chooses the source of each batch, so it needs same-dataset batches "
-                             "(add --same-dataset-batches)")
+            raise OptionError("sampling_alpha", f"{{sampling_alpha}} {sampling_alpha}: must be ≥ 0 (sources drawn "
+                                                "∝ rows^α: 1 proportional, 0 uniform, GTE 0.5)")
+        if not same_dataset:
+            raise OptionError(("sampling_alpha", "same_dataset"),
+                              "{sampling_alpha}: chooses the source of each batch, so it needs same-dataset batches "
+                              "(set {same_dataset})")
     if boundaries:
         b = list(boundaries)
         if any(int(x) != x or x <= 0 for x in b) or any(x >= y for x, y in zip(b, b[1:])):
-            raise ValueError(f"bucket boundaries must be positive, strictly increasing token lengths, got {b}")
+            raise OptionError("boundaries", f"{{boundaries}} {b}: bucket boundaries must be positive, strictly "
+                                            "increasing token lengths")
 
 
 def seeded(*parts) -> np.random.Generator:
@@ -357,8 +205,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             if seq is not None and len(seq) != num_examples:
                 raise ValueError(f"{name} has {len(seq)} entries for {num_examples} examples")
         if num_examples < self.global_batch:
-            raise ValueError(f"{num_examples} training examples are fewer than one global batch "
-                             f"({batch_size} per process × {world_size} processes); lower --batch-size")
+            raise OptionError("batch_size", f"{num_examples} training examples are fewer than one global batch "
+                                            f"({batch_size} per process × {world_size} processes); lower "
+                                            "{batch_size}")
         files = (np.asarray(file_index, dtype=np.int32) if file_index is not None
                  else np.zeros(num_examples, dtype=np.int32))
         self.num_files = max(int(files.max()) + 1, len(file_names or []))
@@ -420,10 +269,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         for p in self.pools:
             usable = self.weights is None or self.weights[p] > 0
             if self._nominal[p] == 0 and usable:
-                raise ValueError(f"{self.file_names[p]} has {self.pool_sizes[p]} examples, fewer than one global "
-                                 f"batch ({batch_size} per process × {world_size} processes), so with same-dataset "
-                                 "batches it can never form a batch; merge it with another file, lower --batch-size, "
-                                 "give it weight 0, or drop --same-dataset-batches")
+                raise OptionError(
+                    ("batch_size", "dataset_weights", "same_dataset"),
+                    f"{self.file_names[p]} has {self.pool_sizes[p]} examples, fewer than one global batch "
+                    f"({batch_size} per process × {world_size} processes), so with same-dataset batches it can never "
+                    "form a batch; merge it with another file, lower {batch_size}, give it weight 0 in "
+                    "{dataset_weights}, or turn off {same_dataset}")
         if same_file:
             for d in range(self.num_files):
                 if self.weights is None or self.weights[d] > 0:
@@ -524,9 +375,10 @@ class BucketBatchSampler(Sampler[list[int]]):
                 idx, bucket, d, out = self._one_pass(pool, seeded(self.seed, epoch, pool, passes))
                 if len(idx) == 0:
                     where = self.file_names[pool] if self.same_file else "the training data"
-                    raise ValueError(f"{where}: no global batch of {self.global_batch} examples can be formed without "
-                                     "repeating a text (query / positive / hard negative); lower --batch-size or "
-                                     "turn off --dedup-batches")
+                    raise OptionError(("batch_size", "dedup"),
+                                      f"{where}: no global batch of {self.global_batch} examples can be formed without "
+                                      "repeating a text (query / positive / hard negative); lower {batch_size} or "
+                                      "turn off {dedup}")
                 if passes == 0:
                     deferred, left_out = deferred + d, left_out + out
                 got_idx.append(idx)
@@ -680,7 +532,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             w = "" if self.weights is None else " shares " + ", ".join(
                 f"{n}={x:.3g}" for n, x in zip(self.file_names, self.weights))
             if self.sampling_alpha is not None:
-                w += f" (rows^{self.sampling_alpha:g}{' × --dataset-weights' if self.file_weights else ''})"
+                w += f" (rows^{self.sampling_alpha:g}{' × dataset weights' if self.file_weights else ''})"
             parts.append(f"each from one file{w}")
         parts.append(f"epoch {self.epoch}: {p.left_out} examples sit out (fewer than a global batch per "
                      f"{'file' if self.same_file else 'epoch'}, reshuffled next epoch)")
