@@ -40,8 +40,9 @@ class LossConfig:
         if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
                                   and t > 0):
             raise ConfigError("temperature", f"{t}: must be a finite number > 0")
-        if spec.check is not None:
-            spec.check(self.options.get(self.name), group_size)
+        for name, other in REGISTRY.items():  # every loss's own options are checked, used or not (a typo is a typo)
+            if other.check is not None:
+                other.check(self.options.get(name), group_size if name == self.name else None)
 
     def build(self, dim: int, group_size: int | None, batch_queries: int):
         """-> (the loss, tiled when asked or above loss_tile_above queries; its dense form)."""

@@ -89,9 +89,9 @@ class DistillLoss(nn.Module):
 
 def check_distill(o: DistillOptions, group_size: int | None) -> None:
     if o.distill_base not in BASES:
-        raise ConfigError("distill_base", f"{o.distill_base!r}: must be one of {', '.join(BASES)}")
+        raise ConfigError("distill_base", f"{o.distill_base}: must be one of {', '.join(BASES)}")
     if o.distill_mode not in MODES:
-        raise ConfigError("distill_mode", f"{o.distill_mode!r}: must be one of {', '.join(MODES)}")
+        raise ConfigError("distill_mode", f"{o.distill_mode}: must be one of {', '.join(MODES)}")
     if not (math.isfinite(o.distill_weight) and o.distill_weight >= 0):
         raise ConfigError("distill_weight", f"{o.distill_weight}: must be a finite number ≥ 0")
     if not (math.isfinite(o.teacher_temperature) and o.teacher_temperature > 0):

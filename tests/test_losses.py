@@ -214,7 +214,7 @@ def test_build_loss_names_and_errors():
         assert isinstance(build_loss(name, dim=8), torch.nn.Module)
     with pytest.raises(ValueError, match="unknown loss 'triplet'"):
         build_loss("triplet", dim=8)
-    with pytest.raises(ValueError, match="distill_base 'mnrl': must be one of infonce, gte, none"):
+    with pytest.raises(ValueError, match="distill_base mnrl: must be one of infonce, gte, none"):
         build_loss("distill", dim=8, distill_base="mnrl")
     with pytest.raises(ValueError, match="group_size 1: the distill loss needs ≥ 2 passages per query"):
         build_loss("distill", dim=8, group_size=1)

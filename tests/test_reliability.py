@@ -198,8 +198,8 @@ BAD_OPTIONS = {
     "--pooling max": (["--pooling", "max"], "--pooling max: must be one of mean, cls, last"),
     "--mixed-precision fp8": (["--mixed-precision", "fp8"], "--mixed-precision fp8: must be one of"),
     "--report-to tensorbord": (["--report-to", "tensorbord"], "--report-to tensorbord: must be one of"),
-    "--distill-mode x": (["--loss", "distill", "--distill-mode", "x"], "distill mode must be one of"),
-    "--gte-directions dd": (["--loss", "gte", "--gte-directions", "dd"], "gte directions must include 'qd'"),
+    "--distill-mode x": (["--loss", "distill", "--distill-mode", "x"], "--distill-mode x: must be one of kl, m3"),
+    "--gte-directions dd": (["--loss", "gte", "--gte-directions", "dd"], "--gte-directions dd: must include qd"),
     "--eval-steps without --eval-sts": (["--eval-steps", "10"], "--eval-steps 10: evaluates --eval-sts"),
     "--deepspeed missing": (["--deepspeed", "nope.json"], "--deepspeed nope.json: cannot read the DeepSpeed config"),
     "--model missing": (["--model", "./no/such/model"], "--model ./no/such/model: no such folder"),
@@ -248,14 +248,15 @@ def test_a_classification_test_label_absent_from_train_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- 4. nothing silently dropped or guessed
-def test_a_folder_mixing_formats_is_refused(tmp_path):
+def test_a_folder_mixing_formats_is_read_file_by_file(tmp_path):
+    """Issue 14 refused such a folder (`datasets` read only one format of it); since issue 25 our readers read every
+    file of a folder, so both files' rows come in, each named by its file and line."""
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "a.jsonl").write_text('{"query": "q", "pos": ["p"]}\n', encoding="utf-8")
     (folder / "b.tsv").write_text("anchor\tpositive\nq2\tp2\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"data: the folder holds data files of 2 formats \(csv/tsv: b.tsv; json: "
-                                        r"a.jsonl\)"):
-        load_examples(str(folder))
+    examples, _ = load_examples(str(folder))
+    assert [(ex.query, ex.source) for ex in examples] == [("q", f"{folder}/a.jsonl:1"), ("q2", f"{folder}/b.tsv:2")]
 
 
 def test_invalid_utf8_names_the_line(tmp_path):
