@@ -151,8 +151,9 @@ class BiEncoder(nn.Module):
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64, prompt: str = "", max_length: int | None = None,
                show_progress: bool = False, chunk_size: int = 4096, precision: str = "auto",
-               batch_tokens: int | None = None) -> torch.Tensor:
-        """Embed texts for evaluation -> [N, H] fp32 on CPU, in input order.
+               batch_tokens: int | None = None, truncate_dim: int | None = None) -> torch.Tensor:
+        """Embed texts for evaluation -> [N, H] fp32 on CPU, in input order ([N, truncate_dim] when given: see
+        `truncate_embeddings`).
 
         Texts go longest-first by characters, then in chunks of `chunk_size`; each chunk is tokenised once and its
         batches hold texts of similar *token* length (exact within the chunk, unlike sorting by characters), padded
@@ -172,6 +173,7 @@ class BiEncoder(nn.Module):
         from tqdm.auto import tqdm
 
         max_length = max_length or self.settings.passage_max_len
+        check_truncate_dim(truncate_dim, self.dim)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -216,7 +218,7 @@ class BiEncoder(nn.Module):
         if prefetch:
             prefetch.shutdown()
         self.train(was_training)
-        return out
+        return truncate_embeddings(out, truncate_dim, self.settings.normalize)
 
     def gradient_checkpointing_enable(self):
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -252,6 +254,22 @@ class BiEncoder(nn.Module):
         prompts = {**s.task_prompts, "query": s.query_prompt, "document": s.passage_prompt}
         _write_json(os.path.join(folder, "config_sentence_transformers.json"),
                     {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+
+
+def check_truncate_dim(truncate_dim: int | None, dim: int) -> None:
+    """ValueError naming `truncate_dim` unless it is None or 1 … dim."""
+    if truncate_dim is not None and not 1 <= truncate_dim <= dim:
+        raise ValueError(f"truncate_dim {truncate_dim}: must be from 1 to the model's dimension {dim}")
+
+
+def truncate_embeddings(embeddings: torch.Tensor, truncate_dim: int | None, normalize: bool) -> torch.Tensor:
+    """[N, H] -> [N, truncate_dim]: the first coordinates (Matryoshka, arXiv 2205.13147), re-normalised to unit length
+    when the model normalises. sentence-transformers' `truncate_dim` cuts after its Normalize module and leaves the
+    cut vectors shorter than 1; cosine does not care, but dot products and int8 ranges do. None: unchanged."""
+    if truncate_dim is None or truncate_dim == embeddings.shape[-1]:
+        return embeddings
+    cut = embeddings[..., :truncate_dim]
+    return nn.functional.normalize(cut, dim=-1) if normalize else cut.clone()
 
 
 def _write_json(path: str, obj) -> None:
