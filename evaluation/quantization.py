@@ -16,8 +16,9 @@ The conventions are sentence-transformers' (`sentence_transformers/util/quantiza
   candidates of the first stage are scored again with the float query, q · dequantized code (int8) or q · s with
   s = ±1 from the bits (binary). Differs: it multiplies by the unpacked {0, 1} bits; q · s = 2·q · b − Σq, so the
   order for a query is the same and the ±1 score reads like the float one.
-Ties are broken by corpus position (stable sorts); faiss decides among equal Hamming distances at the candidate
-boundary.
+Ties: which of several equal first-stage scores make the cut at a list's end is numpy's argpartition's or faiss's
+choice; inside a list the order does not matter, since mteb's pytrec_eval orders equal scores by document id (the
+trec_eval rule).
 """
 from __future__ import annotations
 

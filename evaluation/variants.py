@@ -11,16 +11,18 @@ baseline's pass; each variant is one more `mteb.evaluate`, with a `VariantEncode
 - quantized STS: mteb's cosine of the dequantized int8 vectors, or of the ±1 sign vectors for binary
   (= 1 − 2·Hamming/d, so its Spearman is that of Hamming similarity); int8 ranges from both columns of the task
   together, as sentence-transformers' EmbeddingSimilarityEvaluator calibrates. It takes the cosine of the raw codes
-  and of {0, 1} bit vectors; dequantized vectors estimate the float cosine, which is what a scalar-quantized store
-  (Qdrant, Lucene) answers;
+  and of {0, 1} bit vectors; we differ because dequantized vectors estimate the float cosine, while raw codes weigh
+  each dimension by 1 / its step, and {0, 1} vectors count agreeing 1-bits but not agreeing 0-bits;
 - quantized retrieval: mteb's search with `QuantizedIndex` as its index backend (evaluation/quantization.py: corpus
   calibrated and quantized, quantized first stage, optional float rescoring), scored by mteb's pytrec_eval metrics.
   It returns the top 100 per query, sentence-transformers' published setting (top 100, multiplier 4: 400
   rescored), so metrics deeper than @100 do not compare with the float rows (mteb keeps 1000). The first stage's
-  top 100 is always reported; with --rescore-multiplier, the rescored ranking too. Reranking tasks (a candidate
-  list per query) are refused.
+  top 100 is always reported; with --rescore-multiplier, the rescored ranking too. Reranking tasks are refused at
+  start (their type); a Retrieval task that brings its own candidate lists fails at its search.
 Each variant's result file lies under results/<model>/<revision>/experiments/<variant>/, mteb's experiment folders.
-The cache holds every text's full embedding for the whole run (a 1M-document corpus at 768 dims: 3 GiB).
+mteb's own CompressionWrapper is not used: it calibrates each encode call on its own rows (queries on queries) and
+scores codes against codes, without rescoring. The cache holds every text's full embedding for the whole run (a
+1M-document corpus at 768 dims: about 3 GB).
 """
 from __future__ import annotations
 
