@@ -152,27 +152,39 @@ class BiEncoderForMTEB(AbsEncoder):
         key = get_prompt_name(self.model_prompts, task, prompt_type)  # type: ignore[arg-type]
         return self.model_prompts[key] if key else ""
 
+    def input_form(self, task_name: str | None, task_type: str | None,
+                   prompt_type: PromptType | None) -> tuple[str, int]:
+        """(prompt, max length) a text of that task and side is encoded with: with the text, all its embedding
+        depends on."""
+        max_length = self.settings.query_max_len if prompt_type == PromptType.query else self.settings.passage_max_len
+        return self.prompt_for(task_name, task_type, prompt_type), max_length
+
     def encode_texts(self, texts: list[str], *, task_name: str | None = None, task_type: str | None = None,
                      prompt_type: PromptType | None = None, batch_size: int | None = None,
                      show_progress: bool = False) -> torch.Tensor:
         """Embed plain texts the way `encode` would for that task -> [N, D] fp32 (CPU), in input order."""
-        max_length = self.settings.query_max_len if prompt_type == PromptType.query else self.settings.passage_max_len
-        return self.model.encode(list(texts), batch_size=batch_size or self.batch_size,
-                                 prompt=self.prompt_for(task_name, task_type, prompt_type),
+        prompt, max_length = self.input_form(task_name, task_type, prompt_type)
+        return self.model.encode(list(texts), batch_size=batch_size or self.batch_size, prompt=prompt,
                                  max_length=max_length, show_progress=show_progress, precision=self.precision)
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
         """mteb's entry point: all texts of the DataLoader -> [N, D] float32 array in input order."""
-        texts: list[str] = []
-        for batch in inputs:
-            if "text" not in batch:
-                raise ValueError(f"{task_metadata.name}: only text inputs are supported, got {sorted(batch)}")
-            texts.extend(batch["text"])
+        texts = collect_texts(inputs, task_metadata.name)
         embeddings = self.encode_texts(texts, task_name=task_metadata.name, task_type=task_metadata.type,
                                        prompt_type=prompt_type, batch_size=kwargs.get("batch_size"),
                                        show_progress=kwargs.get("show_progress_bar", True))
         return embeddings.numpy()
+
+
+def collect_texts(inputs, task_name: str) -> list[str]:
+    """The texts of mteb's DataLoader of `{"text": [...]}` batches, in order."""
+    texts: list[str] = []
+    for batch in inputs:
+        if "text" not in batch:
+            raise ValueError(f"{task_name}: only text inputs are supported, got {sorted(batch)}")
+        texts.extend(batch["text"])
+    return texts
 
 
 def _load_from_meta(model_name: str, revision: str | None = None, *, path: str, device: str | None = None,

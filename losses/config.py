@@ -35,7 +35,7 @@ class LossConfig:
 
     def check(self, group_size: int | None) -> None:
         """ConfigError naming the key: the loss is registered, τ is valid, its own options pass its own check."""
-        spec = spec_of(self.name)
+        spec_of(self.name)  # a registered loss, or ConfigError listing them
         t = self.temperature
         if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
                                   and t > 0):

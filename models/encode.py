@@ -22,8 +22,9 @@ def encode_precision(precision: str, device: torch.device | str) -> str:
 @torch.inference_mode()
 def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", max_length: int | None = None,
            show_progress: bool = False, chunk_size: int = 4096, precision: str = "auto",
-           batch_tokens: int | None = None) -> torch.Tensor:
-    """Embed texts with a BiEncoder for evaluation -> [N, H] fp32 on CPU, in input order.
+           batch_tokens: int | None = None, truncate_dim: int | None = None) -> torch.Tensor:
+    """Embed texts with a BiEncoder for evaluation -> [N, H] fp32 on CPU, in input order ([N, truncate_dim] when
+    given: see `truncate_embeddings`).
 
     Texts go longest-first by characters, then in chunks of `chunk_size`; each chunk is tokenised once and its
     batches hold texts of similar *token* length (exact within the chunk, unlike sorting by characters), padded
@@ -39,6 +40,7 @@ def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", max_
     stay fp32, matrix products run in bf16).
     """
     max_length = max_length or model.settings.passage_max_len
+    check_truncate_dim(truncate_dim, model.dim)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -83,7 +85,7 @@ def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", max_
     if prefetch:
         prefetch.shutdown()
     model.train(was_training)
-    return out
+    return truncate_embeddings(out, truncate_dim, model.settings.normalize)
 
 
 def _pad(rows: list[list[int]], pad_id: int, multiple: int, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,3 +104,19 @@ def _pad(rows: list[list[int]], pad_id: int, multiple: int, pin: bool) -> tuple[
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def check_truncate_dim(truncate_dim: int | None, dim: int) -> None:
+    """ValueError naming `truncate_dim` unless it is None or 1 … dim."""
+    if truncate_dim is not None and not 1 <= truncate_dim <= dim:
+        raise ValueError(f"truncate_dim {truncate_dim}: must be from 1 to the model's dimension {dim}")
+
+
+def truncate_embeddings(embeddings: torch.Tensor, truncate_dim: int | None, normalize: bool) -> torch.Tensor:
+    """[N, H] -> [N, truncate_dim]: the first coordinates (Matryoshka, arXiv 2205.13147), re-normalised to unit length
+    when the model normalises. sentence-transformers' `truncate_dim` cuts after its Normalize module and leaves the
+    cut vectors shorter than 1; cosine does not care, but dot products and int8 ranges do. None: unchanged."""
+    if truncate_dim is None or truncate_dim == embeddings.shape[-1]:
+        return embeddings
+    cut = embeddings[..., :truncate_dim]
+    return torch.nn.functional.normalize(cut, dim=-1) if normalize else cut.clone()
