@@ -38,6 +38,7 @@ from models.st_folder import SETTINGS_FILE, read_settings
 from storage.files import check_output_place
 from storage.folders import check_output_folder, staged_folder
 
+TRAINED = "trained"  # --truncate-dim trained: the model's recorded Matryoshka widths
 TOOL = "evaluate.py"  # the name in OUTPUT_DIR/.written_by.json (storage/folders.py)
 OWN_ENTRIES = ("results", "summary.json")
 
@@ -77,9 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--passage-max-len", type=int, help="token limit for documents and symmetric tasks")
     variants = parser.add_argument_group("truncated and quantized embeddings, each scored against the full float32 "
                                          "score from the same single encode")
-    variants.add_argument("--truncate-dim", nargs="+", action="extend", type=int, default=[], metavar="D",
+    variants.add_argument("--truncate-dim", nargs="+", action="extend", type=dim_or_trained, default=[], metavar="D",
                           help="also score the first D dimensions (Matryoshka), re-normalised where the model "
-                               "normalises, e.g. 256 128 64")
+                               "normalises, e.g. 256 128 64; 'trained': the widths the model was trained at "
+                               "(train.py --matryoshka-dims, recorded in its folder) below its full one")
     variants.add_argument("--quantize", nargs="+", action="extend", choices=QUANTIZED_PRECISIONS, default=[],
                           help="also score int8 / binary embeddings at every dimension; retrieval and STS tasks only "
                                "(evaluation/quantization.py)")
@@ -101,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--output-dir {args.output_dir}: is a file, not a folder")
     for flag, value in (("--batch-size", args.batch_size), ("--query-max-len", args.query_max_len),
                         ("--passage-max-len", args.passage_max_len), ("--rescore-multiplier", args.rescore_multiplier),
-                        *(("--truncate-dim", d) for d in args.truncate_dim)):
+                        *(("--truncate-dim", d) for d in args.truncate_dim if d != TRAINED)):
         if value is not None and value < 1:
             parser.error(f"{flag} {value}: must be ≥ 1")
     for flag, values in (("--truncate-dim", args.truncate_dim), ("--quantize", args.quantize)):
@@ -166,7 +168,36 @@ def check_model(args: argparse.Namespace, path: str) -> None:
                 raise ValueError(f"{flag} {e.value}: {e.reason}") from None
             raise ValueError(f"{args.model}: the model's saved {field} is {e.value}, {e.reason}; pass {flag} "
                              f"{e.limit} (or less)") from None
+    args.truncate_dim = resolve_trained_dims(args.truncate_dim, saved.matryoshka_dims, path)
     check_truncate_dims(args.truncate_dim, path)
+
+
+def dim_or_trained(text: str):
+    """A --truncate-dim value: a whole number, or 'trained'."""
+    if text == TRAINED:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of dimensions, or '{TRAINED}'") from None
+
+
+def resolve_trained_dims(dims: list, trained: list[int], path: str) -> list[int]:
+    """--truncate-dim with 'trained' replaced by the widths the model records (train.py --matryoshka-dims) below its
+    full one; ValueError when it records none."""
+    if TRAINED not in dims:
+        return dims
+    from models.checks import embedding_width
+
+    below = [d for d in trained if d < embedding_width(path)]
+    if not below:
+        raise ValueError(f"--truncate-dim {TRAINED}: {path} records no Matryoshka widths below its full one (its "
+                         f"embedding_config.json has matryoshka_dims {trained}: not trained with --matryoshka-dims); "
+                         "give the dimensions as numbers")
+    out = []
+    for d in dims:
+        out += below if d == TRAINED else [d]
+    return list(dict.fromkeys(out))
 
 
 def check_truncate_dims(dims: list[int], path: str) -> None:

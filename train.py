@@ -32,7 +32,8 @@ from data.tables import DataError, OptionError
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
-from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
+from models.checks import (MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder,
+                          embedding_width)
 from models.config import ModelConfig, build_model
 from training.accelerator import build_accelerator, uses_deepspeed
 from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
@@ -76,7 +77,8 @@ def main(cfg: TrainConfig) -> dict:
 
     # ------------------------------------------------------------------ model and loss
     model = build_model(cfg.model)
-    loss_fn, gather = make_loss(cfg, model.dim, accelerator.num_processes, log)  # gather: negatives of all processes
+    # gather: in-batch negatives of all processes; model.settings record the Matryoshka widths, saved with it
+    loss_fn, gather = make_loss(cfg, model.dim, accelerator.num_processes, log, model.settings)
 
     # ------------------------------------------------------------------ data (the rows the loss registered)
     dataset, sampler, loader, group_size = load_data(cfg, model, accelerator)
@@ -271,9 +273,10 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
     return dataset, sampler, loader, group_size
 
 
-def make_loss(cfg: TrainConfig, dim: int, num_processes: int, log):
-    """The registered loss (its paper's τ unless --temperature), tiled when asked or above --loss-tile-above queries
-    -> (loss, whether in-batch negatives are gathered from every process)."""
+def make_loss(cfg: TrainConfig, dim: int, num_processes: int, log, settings=None):
+    """The registered loss (its paper's τ unless --temperature), tiled when asked or above --loss-tile-above queries,
+    inside the Matryoshka wrapper with --matryoshka-dims -> (loss, whether in-batch negatives are gathered from every
+    process). `settings`: the model's EncoderSettings, which record the Matryoshka widths (saved with the model)."""
     loss_cfg = cfg.loss
     gathers = loss_cfg.cross_device and num_processes > 1
     try:
@@ -281,8 +284,11 @@ def make_loss(cfg: TrainConfig, dim: int, num_processes: int, log):
                                         batch_queries=cfg.optim.batch_size * (num_processes if gathers else 1))
     except ConfigError as e:
         raise SystemExit(describe_error(cfg, e)) from None
-    if note := loss_cfg.temperature_note(dense):
-        log(note)
+    for note in (loss_cfg.temperature_note(dense), loss_cfg.matryoshka_note(dim)):
+        if note:
+            log(note)
+    if settings is not None:
+        settings.matryoshka_dims = sorted(loss_cfg.matryoshka_dims, reverse=True)
     if loss_fn is not dense:
         log(f"loss {loss_cfg.name}: tiled, {loss_fn.tile_size} × {loss_fn.tile_size} similarities at a time "
             "(losses/tiled.py)")
@@ -300,8 +306,9 @@ def check_options(cfg: TrainConfig) -> None:
         raise SystemExit(describe_error(cfg, e)) from None
     if cfg.optim.deepspeed:
         load_deepspeed_config(cfg.optim.deepspeed)  # readable JSON (build_accelerator reconciles it with the flags)
-    # the loss with its tiling, on a stand-in dimension
-    make_loss(cfg, dim=8, num_processes=int(os.environ.get("WORLD_SIZE", "1")), log=lambda message: None)
+    # the loss with its tiling and Matryoshka widths, on a stand-in dimension (the model's is checked below)
+    make_loss(cfg, dim=max([8, *cfg.loss.matryoshka_dims]), num_processes=int(os.environ.get("WORLD_SIZE", "1")),
+              log=lambda message: None)
     check_data_options(cfg)
     check_model_files(cfg)
     if cfg.output.eval_sts:  # read and checked now, not at the first evaluation after hours of training
@@ -346,8 +353,8 @@ def data_error(cfg: TrainConfig, error: Exception, text: str | None = None) -> S
 def check_model_files(cfg: TrainConfig) -> None:
     """--model / --from-config exist (or can be a Hub id while online); a local model folder has its config, weights
     and tokenizer files (else transformers builds a tokenizer of a few special tokens and every word becomes [UNK]);
-    the max lengths fit the backbone's positions (else the first step fails on a tensor size). Reads JSON files
-    only; a Hub id is checked once downloaded (models/checks.py)."""
+    the max lengths fit the backbone's positions (else the first step fails on a tensor size), the Matryoshka widths
+    its embedding width. Reads JSON files only; a Hub id is checked once downloaded (models/checks.py)."""
     m = cfg.model
     for flag, path in (("--model", m.backbone), ("--from-config", m.from_config)):
         if path and not os.path.exists(path):
@@ -365,8 +372,11 @@ def check_model_files(cfg: TrainConfig) -> None:
         if os.path.isdir(source):
             for note in check_max_lengths(source, query_max_len=m.query_max_len, passage_max_len=m.passage_max_len):
                 print(f"note: {note}", flush=True)
+            cfg.loss.check_matryoshka(embedding_width(source))  # --matryoshka-dims within the model's width
     except MaxLengthError as e:
         raise SystemExit(f"{option_name(cfg, e.field)} {e.value}: {e.reason}") from None
+    except ConfigError as e:
+        raise SystemExit(describe_error(cfg, e)) from None
     except ValueError as e:
         flag = "--from-config" if m.from_config and "tokenizer" not in str(e) else "--model"
         raise SystemExit(f"{flag} {e}") from None

@@ -1,5 +1,6 @@
 """The loss options of train.py: which loss, its τ, each registered loss's own options (a part per loss, from
-losses/registry.py), the cross-process gather and the tiling. Flags and YAML keys are the field names."""
+losses/registry.py), Matryoshka widths around it, the cross-process gather and the tiling. Flags and YAML keys are
+the field names."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 from cli_config import ConfigError, opt, part
 from losses import REGISTRY, build_loss, choose_tiling, loss_temperature, spec_of
+from losses.matryoshka import MatryoshkaLoss, check_matryoshka, widths
 from losses.registry import DEFAULT_TILE
 
 
@@ -22,6 +24,11 @@ class LossConfig:
                                    "(gte 0.01 GTE, infonce 0.02 BGE, mnrl 0.05 = sentence-transformers' scale 20, "
                                    "distill its base's, 0.02 without one); an ST scale s is τ = 1/s")
     options: dict = part(loss_options, each=True)  # one part per registered loss with options
+    matryoshka_dims: list[int] = opt([], "Matryoshka (losses/matryoshka.py): train the loss also on the first D "
+                                         "dimensions of every embedding, re-normalised, e.g. 384 256 128 64 32 (the "
+                                         "loss is the weighted sum over them; include the model's full width); saved "
+                                         "with the model")
+    matryoshka_weights: list[float] = opt([], "weight of each --matryoshka-dims width in that sum (default 1 each)")
     cross_device: bool = opt(True, "gather in-batch negatives from all processes (exact gradients)")
     loss_tile_size: int = opt(None, "compute the in-batch loss in tiles of N × N similarities (losses/tiled.py: "
                                     "same values and gradients, never the whole batch × batch matrix); default: "
@@ -43,11 +50,35 @@ class LossConfig:
         for name, other in REGISTRY.items():  # every loss's own options are checked, used or not (a typo is a typo)
             if other.check is not None:
                 other.check(self.options.get(name), group_size if name == self.name else None)
+        self.check_matryoshka()
+
+    def check_matryoshka(self, width: int | None = None) -> None:
+        """The Matryoshka widths and weights (ConfigError); `width`: the model's, when known."""
+        check_matryoshka(self.matryoshka_dims, self.matryoshka_weights, width, self.name, self.spec.full_width_only)
 
     def build(self, dim: int, group_size: int | None, batch_queries: int):
-        """-> (the loss, tiled when asked or above loss_tile_above queries; its dense form)."""
+        """-> (the loss, tiled when asked or above loss_tile_above queries; its dense form), each inside the
+        Matryoshka wrapper when matryoshka_dims are set (the tiled one around the inner loss's registered tiled
+        form)."""
         dense = build_loss(self.name, self.options, dim=dim, temperature=self.temperature, group_size=group_size)
-        return choose_tiling(self.name, dense, self.loss_tile_size, self.loss_tile_above, batch_queries), dense
+        loss = choose_tiling(self.name, dense, self.loss_tile_size, self.loss_tile_above, batch_queries)
+        if not self.matryoshka_dims:
+            return loss, dense
+        self.check_matryoshka(dim)
+        wrapped = MatryoshkaLoss(dense, self.matryoshka_dims, self.matryoshka_weights)
+        if loss is dense:
+            return wrapped, wrapped
+        return MatryoshkaLoss(loss, self.matryoshka_dims, self.matryoshka_weights), wrapped
+
+    def matryoshka_note(self, dim: int) -> str | None:
+        """'Matryoshka: widths 384, 256, ... (weights ...)' for the log; None without matryoshka_dims."""
+        if not self.matryoshka_dims:
+            return None
+        dims, weights = widths(self.matryoshka_dims, self.matryoshka_weights)
+        note = (f"loss {self.name}: Matryoshka over the first {', '.join(map(str, dims))} of {dim} dimensions, "
+                f"weights {', '.join(f'{w:g}' for w in weights)} (losses/matryoshka.py)")
+        return note + ("" if dim in dims else f"; the full {dim} is not among them, so the whole vector is "
+                                                   "trained only through its prefixes")
 
     def temperature_note(self, loss) -> str | None:
         """'loss gte: τ = 0.01 (its default)' for the log; None for a loss without τ."""

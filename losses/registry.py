@@ -7,7 +7,8 @@
         options=GTEOptions,               # its own options: a dataclass of `opt(default, help)` fields, each a flag
         default_temperature=0.01,         # its paper's τ, used when --temperature is not given (None: no τ)
         tiled=tiled_gte,                  # (dense loss, tile) -> its tiled form (losses/tiled.py), or None
-        check=None))                      # (options, group_size) -> None, ConfigError before anything loads
+        check=None,                       # (options, group_size) -> None, ConfigError before anything loads
+        full_width_only=None))            # why it cannot score truncated embeddings (Matryoshka refuses it), or None
 
 build_loss, the loss options of train.py (LossConfig: its --help, YAML keys and checks) and the choice of a tiled
 form all read this table; nothing dispatches on a loss's class, so a subclass of InfoNCE with another formula is
@@ -37,6 +38,7 @@ class LossSpec:
     default_temperature: float | None = None
     tiled: Callable[[nn.Module, int], nn.Module] | None = None
     check: Callable[[Any, int], None] | None = None
+    full_width_only: str | None = None  # why it cannot take truncated embeddings (losses/matryoshka.py refuses it)
     summary: str = ""  # one line for --help and the README's list
 
 

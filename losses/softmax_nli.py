@@ -28,4 +28,5 @@ class SoftmaxNLILoss(nn.Module):
 
 register(LossSpec(
     name="softmax", make=lambda options, *, temperature, dim, build: SoftmaxNLILoss(dim), rows=RowKind.NLI_PAIRS,
+    full_width_only="its classifier reads [u; v; |u − v|] through a Linear of 3·D inputs, D the model's full width",
     summary="Sentence-BERT's softmax classifier on NLI pairs"))

@@ -10,6 +10,7 @@
     check_max_lengths(config_or_folder, query_max_len=..., passage_max_len=...)
                                            MaxLengthError naming the field when a length exceeds that limit (before
                                            any weights are read), else the notes on soft limits exceeded
+    embedding_width(config_or_folder)      the width of its embeddings (hidden size, from config.json)
     find_model(name_or_path)               a local folder for a folder or Hub id, or ValueError in one line
 
 Position limits by family: learned absolute positions (BERT, DistilBERT, ELECTRA, ALBERT, DeBERTa with
@@ -138,6 +139,11 @@ def max_input_length(config_or_folder) -> tuple[int | None, str]:
         pad = getattr(config, "pad_token_id", None) or 0
         return mpe - pad - 1, f"{kind} has max_position_embeddings {mpe}, of which {pad + 1} precede the first token"
     return mpe, f"{kind} has max_position_embeddings {mpe}"
+
+
+def embedding_width(config_or_folder) -> int:
+    """The width of the embeddings a BiEncoder on this backbone makes (its hidden size; config.json only)."""
+    return _config(config_or_folder).hidden_size
 
 
 def check_max_lengths(config_or_folder, *, query_max_len: int | None = None,

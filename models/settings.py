@@ -18,6 +18,9 @@ class EncoderSettings:
     passage_prompt: str = ""
     # Prompts by MTEB task name or task type (e.g. {"STS": "...", "SciFact-query": "..."}); used by evaluation.
     task_prompts: dict = field(default_factory=dict)
+    # The widths it was trained to be truncated to (--matryoshka-dims, largest first; empty: not Matryoshka-trained):
+    # sentence-transformers has no field for them, load it with SentenceTransformer(folder, truncate_dim=d).
+    matryoshka_dims: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.pooling not in POOLING_MODES:

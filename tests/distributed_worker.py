@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py as `torchrun --nproc_per_node 2 -m tests.distributed_worker OUT` (gloo, CPU) from the
 repository root; writes its findings as JSON.
 
-For every loss × (plain step, GradCache step) — the dense losses and their tiled forms — both processes run train.py's `train_step` on their half of one
+For every loss × (plain step, GradCache step) — the dense losses, their tiled forms and Matryoshka around both —
+both processes run train.py's `train_step` on their half of one
 global batch, with cross-device negatives, under DDP (accelerate, as train.py does). Every process also runs the
 reference: the same model, not distributed, on the whole global batch in one piece. Rank 0 records the largest
 differences of the loss (mean of the two processes' losses) and of every parameter gradient (after DDP's
@@ -26,7 +27,9 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from transformers import BertConfig, BertModel
 
+from cli_config import build_config
 from losses import build_loss, tiled_form
+from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
 from models.settings import EncoderSettings
 from training.common_batch_count import common_batch_count
@@ -43,6 +46,12 @@ CASES = {  # name -> build_loss kwargs
     "gte_tiled": dict(name="gte", temperature=0.05, tile=4),
     "distill_m3_tiled": dict(name="distill", temperature=0.05, distill_base="gte", distill_mode="m3",
                              distill_weight=0.5, tile=4),
+    # Matryoshka (losses/matryoshka.py) over widths 32 (the model's), 16 and 8, built as train.py builds it
+    # (LossConfig.build: the wrapper around the dense loss, or around its tiled form); reference: the dense wrapper
+    "gte_matryoshka": dict(name="gte", temperature=0.05, matryoshka=([8, 32, 16], [0.5, 1.0, 2.0])),
+    "distill_kl_matryoshka": dict(name="distill", temperature=0.05, distill_base="infonce", distill_mode="kl",
+                                  matryoshka=([32, 16, 8], [1.0, 1.0, 1.0])),
+    "gte_matryoshka_tiled": dict(name="gte", temperature=0.05, matryoshka=([8, 32, 16], [0.5, 1.0, 2.0]), tile=4),
 }
 CHUNK = 4  # GradCache chunk: 3 queries -> 1 chunk, 9 passages -> 3 chunks (4, 4, 1)
 
@@ -176,8 +185,14 @@ def main(out_path: str) -> None:
         kwargs = dict(kwargs)
         tile = kwargs.pop("tile", None)
         name = kwargs.pop("name")
-        dense = build_loss(name, dim=base.dim, **kwargs)
-        loss_fn = tiled_form(name, dense, tile) if tile else dense
+        matryoshka = kwargs.pop("matryoshka", None)
+        if matryoshka:
+            keys = {"loss": name, **kwargs, "loss_tile_size": tile, "matryoshka_dims": list(matryoshka[0]),
+                    "matryoshka_weights": list(matryoshka[1])}
+            loss_fn, dense = build_config(LossConfig, keys).build(base.dim, group_size=G, batch_queries=world * B)
+        else:
+            dense = build_loss(name, dim=base.dim, **kwargs)
+            loss_fn = tiled_form(name, dense, tile) if tile else dense
         ref_model = copy.deepcopy(base).eval()
         ref_loss, ref_grads = reference(ref_model, dense, batch)
         for chunk in (0, CHUNK):

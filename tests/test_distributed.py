@@ -16,7 +16,8 @@ import torch
 import train
 from tests.helpers import REPO, losses, subprocess_env, torchrun, train_args, write_learnable_nli
 CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_m3", "infonce_tiled", "gte_tiled",
-                                       "distill_m3_tiled") for mode in ("plain", "grad_cache")]
+                                       "distill_m3_tiled", "gte_matryoshka", "distill_kl_matryoshka",
+                                       "gte_matryoshka_tiled") for mode in ("plain", "grad_cache")]
 
 
 # ---------------------------------------------------------------- exactness against one process (one launch)
@@ -31,7 +32,8 @@ def exactness(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_match_one_process_on_the_global_batch(exactness, case):
     """infonce / gte / distill (kl, m3), 3 queries × (1 positive + 2 hard negatives) per process, ± GradCache;
-    *_tiled: the tiled loss (tiles of 4) on 2 processes against the dense loss on one."""
+    *_tiled: the tiled loss (tiles of 4) on 2 processes against the dense loss on one; *_matryoshka: Matryoshka over
+    widths 32 16 8 as train.py builds it (around the tiled form in gte_matryoshka_tiled) against the dense one."""
     r = exactness["cases"][case]
     assert exactness["world"] == 2
     assert r["loss_diff"] <= 1e-5 * max(1.0, abs(r["ref_loss"])), r
@@ -48,6 +50,14 @@ def test_softmax_classifier_and_encoder_on_two_processes_match_one_process(exact
     assert r["head_grad_max_abs"] > 1e-3, r  # the head gets a real gradient to compare
     assert r["loss_diff"] <= 1e-5 * max(1.0, abs(r["ref_loss"])), r
     assert r["grads_close"], r
+
+
+@pytest.mark.multiprocess
+def test_the_matryoshka_cases_compute_another_loss(exactness):
+    """Precondition of the *_matryoshka cases: their loss is not the plain one (the widths enter)."""
+    cases = exactness["cases"]
+    for plain, wrapped in (("gte", "gte_matryoshka"), ("distill_kl", "distill_kl_matryoshka")):
+        assert abs(cases[f"{plain}/plain"]["ref_loss"] - cases[f"{wrapped}/plain"]["ref_loss"]) > 0.1
 
 
 @pytest.mark.multiprocess

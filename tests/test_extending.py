@@ -105,7 +105,8 @@ def test_a_name_registered_twice_is_refused_and_an_unknown_one_lists_the_registe
 # ---------------------------------------------------------------- configs keep their meaning
 BEFORE = json.loads((REPO / "tests" / "config_values_before_issue22.json").read_text(encoding="utf-8"))
 RENAMED_PATHS = {"data/sample/": "sample_data/"}  # moved by issue 22 (sample data out of the code package)
-ADDED = {"allow_inexact_resume": False, "dtype": "auto"}  # options added since the values were recorded, with defaults
+ADDED = {"allow_inexact_resume": False, "dtype": "auto", "matryoshka_dims": [],  # options added since the values were
+         "matryoshka_weights": []}  # recorded, with their defaults
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
