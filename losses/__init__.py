@@ -12,6 +12,7 @@ from losses.gte import DIRECTIONS, GTELoss  # noqa: F401
 from losses.infonce import InfoNCELoss  # noqa: F401
 from losses.mnrl import MNRLoss  # noqa: F401
 from losses.softmax_nli import SoftmaxNLILoss  # noqa: F401
+from losses.matryoshka import MatryoshkaLoss  # noqa: F401 (a wrapper around any of them: --matryoshka-dims)
 from losses.registry import REGISTRY, LossSpec, build_loss, choose_tiling, loss_temperature, register, spec_of, \
     tiled_form, unregister  # noqa: F401
 

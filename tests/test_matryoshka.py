@@ -20,7 +20,7 @@ from losses.matryoshka import MatryoshkaLoss, shrink
 from losses.tiled import TiledDistillLoss, TiledGTELoss, TiledInfoNCELoss
 from models.bi_encoder import BiEncoder
 from tests.helpers import minilm_path, tiny_bi_encoder
-from tests.test_tiled_loss import _cos, loop_gte, loop_infonce, loop_m3
+from tests.test_tiled_loss import _cos, _value_and_grads as value_and_grads, loop_gte, loop_infonce, loop_m3
 from training.step import train_step
 
 N, G, D, TAU, TAU_T = 3, 3, 8, 0.1, 0.7  # 3 queries × (1 positive + 2 hard negatives), 8 dimensions
@@ -70,13 +70,6 @@ def embeddings(case: str, seed: int = 0):
                                                                               dtype=torch.float64)
     return q, p, torch.randn(N, G, generator=gen, dtype=torch.float64), torch.rand(N, generator=gen,
                                                                                    dtype=torch.float64)
-
-
-def value_and_grads(fn, q, p):
-    q, p = q.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
-    value = fn(q, p)
-    gq, gp = torch.autograd.grad(value, (q, p))
-    return value.detach(), gq, gp
 
 
 def assert_close_at_fp32(got, want):
