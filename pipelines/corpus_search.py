@@ -1,6 +1,6 @@
 """Shared by the offline data-pipeline scripts (scripts/mine_hard_negatives.py, score_with_teacher.py,
-split_by_length.py, filter_consistency.py, prepare_nli.py) and benchmarks/bench_mining.py: corpus reading, all-or-nothing output files, the
-on-disk corpus-embedding cache and exact inner-product top-k search.
+split_by_length.py, filter_consistency.py, prepare_nli.py) and benchmarks/bench_mining.py: corpus reading,
+all-or-nothing output files, the on-disk corpus-embedding cache and exact inner-product top-k search.
 
 Outputs are checked before any model loads (`check_output`: not a folder, not an input, an existing file only
 with --overwrite), written to a temporary file beside the target and renamed into place only when complete, so a

@@ -20,9 +20,9 @@ import argparse
 
 from data.examples import DataError, Example, load_examples
 from evaluation.task_files import TaskDataError
-from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
-                                  corpus_from, encode_passages_cached, example_to_row, load_encoder, passage_embeddings,
-                                  query_texts, search, write_jsonl)
+from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model,
+                                     check_output, corpus_from, encode_passages_cached, example_to_row, load_encoder,
+                                     passage_embeddings, query_texts, search, write_jsonl)
 from storage.folders import OutputError
 
 
@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=2, help="keep positives ranked in the top k (default 2, as E5)")
     p.add_argument("--output", required=True, help="BGE JSONL to write")
     add_overwrite_flag(p)
-    p.add_argument("--cache-dir", default=None, help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
+    p.add_argument("--cache-dir", default=None,
+                   help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--search", choices=SEARCH_BACKENDS, default="auto")

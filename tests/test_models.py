@@ -49,7 +49,8 @@ def test_check_names_the_field_never_a_flag(saved):
     for change, key, message in [
         ({"backbone": ""}, "model", "is required (a local folder or Hub id)"),
         ({"pooling": "max"}, "pooling", "max: must be one of mean, cls, last"),
-        ({"attn_implementation": "flash"}, "attn_implementation", "flash: must be one of sdpa, eager, flash_attention_2"),
+        ({"attn_implementation": "flash"}, "attn_implementation",
+         "flash: must be one of sdpa, eager, flash_attention_2"),
         ({"dtype": "fp32"}, "dtype", "fp32: must be one of auto, float32, bfloat16, float16"),
         ({"query_max_len": 0}, "query_max_len", "0: must be ≥ 1"),
         ({"passage_max_len": True}, "passage_max_len", "True: must be ≥ 1"),
@@ -67,7 +68,8 @@ def same_module(a: BiEncoder, b: BiEncoder) -> None:
     assert a.backbone.is_gradient_checkpointing == b.backbone.is_gradient_checkpointing
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) and sa[k].dtype == sb[k].dtype for k in sa)
-    assert [n for n, p in a.named_parameters() if p.requires_grad] == [n for n, p in b.named_parameters() if p.requires_grad]
+    assert ([n for n, p in a.named_parameters() if p.requires_grad]
+            == [n for n, p in b.named_parameters() if p.requires_grad])
 
 
 def test_build_model_builds_what_train_py_built(saved):
