@@ -34,7 +34,7 @@ from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
 from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
 from models.config import ModelConfig, build_model
-from training.accelerator import build_accelerator, uses_deepspeed
+from training.accelerator import build_accelerator, finish, uses_deepspeed
 from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
                                  save_checkpoint, save_model, write_run_record)
 from training.common_batch_count import common_batch_count
@@ -160,7 +160,7 @@ def main(cfg: TrainConfig) -> dict:
     save_model(accelerator, model, out.output_dir)
     if is_main:
         write_run_record(out.output_dir, flat(cfg), history)  # train_config.json, train_log.json
-    accelerator.end_training()
+    finish(accelerator)
     log(f"saved the model to {out.output_dir}")
     return {"history": history, "steps": step, "best_eval": None if best == -math.inf else best}
 
