@@ -105,7 +105,10 @@ def test_a_name_registered_twice_is_refused_and_an_unknown_one_lists_the_registe
 # ---------------------------------------------------------------- configs keep their meaning
 BEFORE = json.loads((REPO / "tests" / "config_values_before_issue22.json").read_text(encoding="utf-8"))
 RENAMED_PATHS = {"data/sample/": "sample_data/"}  # moved by issue 22 (sample data out of the code package)
-ADDED = {"allow_inexact_resume": False, "dtype": "auto"}  # options added since the values were recorded, with defaults
+ADDED = {"allow_inexact_resume": False, "dtype": "auto",  # options added since the values were recorded, with defaults
+         "append_eos": None, "query_instruction_format": None, "query_instruction": None, "format_passages": None,
+         "lora_rank": 0, "lora_alpha": None, "lora_dropout": 0.1, "lora_target_modules": [],
+         "lora_modules_to_save": [], "merge_lora": False}  # issue 27
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
