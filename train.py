@@ -263,6 +263,10 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
         else:
             examples, report = load_examples(d.train_data, rows, score_max=d.score_max, skip_bad_rows=d.skip_bad_rows)
             accelerator.print(report.summary())
+            if not text_format.takes_instruction and (bad := next((ex for ex in examples if ex.prompt), None)):
+                raise DataError(f"{bad.source}: field 'prompt' {bad.prompt!r}: --query-instruction-format "
+                                f"{text_format.instruction_format!r} has one {{}} slot (the text), so a row's prompt "
+                                "has no place; give the format two slots (instruction, text)")
             if hint := prepare_hint(len(examples), d.train_data):
                 accelerator.print(hint)
             dataset = GroupedDataset(examples, group_size, seed, rows)

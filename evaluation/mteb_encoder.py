@@ -169,19 +169,19 @@ class BiEncoderForMTEB(AbsEncoder):
                      show_progress: bool = False) -> torch.Tensor:
         """Embed plain texts the way `encode` would for that task -> [N, D] fp32 (CPU), in input order."""
         max_length = self.settings.query_max_len if prompt_type == PromptType.query else self.settings.passage_max_len
-        return self.model.encode(self.written(texts, task_name, task_type, prompt_type),
-                                 batch_size=batch_size or self.batch_size, max_length=max_length,
+        prompt = "" if self.settings.query_instruction_format else self.prompt_for(task_name, task_type, prompt_type)
+        return self.model.encode(self.written(list(texts), task_name, task_type, prompt_type),
+                                 batch_size=batch_size or self.batch_size, prompt=prompt, max_length=max_length,
                                  show_progress=show_progress, precision=self.precision)
 
     def written(self, texts: list[str], task_name: str | None, task_type: str | None,
                 prompt_type: PromptType | None) -> list[str]:
-        """The texts as the model reads them for that task: with the prompt mteb's precedence picks, or with an
-        instruction format, documents with the passage prompt and every other text (queries, symmetric tasks)
-        as the format filled with the task's instruction (else the default one)."""
+        """With an instruction format, the texts as the model reads them for that task: documents with the passage
+        prompt, every other text (queries, symmetric tasks) as the format filled with the task's instruction (else
+        the default one). Without one, the texts as they are (`encode` puts `prompt_for`'s prompt before them)."""
         fmt = self.settings.query_instruction_format
         if not fmt:
-            prompt = self.prompt_for(task_name, task_type, prompt_type)
-            return [prompt + t for t in texts]
+            return texts
         if prompt_type == PromptType.document:
             return [(self.settings.passage_prompt or "") + t for t in texts]
         instruction = self.prompt_for(task_name, task_type, PromptType.query)  # task, type, else the default

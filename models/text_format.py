@@ -65,6 +65,11 @@ class TextFormat:
     instruction: str = ""  # the default instruction; a row's `prompt` replaces it
     format_passages: bool = False  # symmetric data: passages formatted as queries are
 
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether a row's `prompt` has a place: a prefix, or a format with an instruction slot."""
+        return not self.instruction_format or format_slots(self.instruction_format) == 2
+
     def query(self, text: str, prompt: str | None = None) -> str:
         """A query, with the row's own `prompt` (None = the default)."""
         if not self.instruction_format:
