@@ -103,6 +103,11 @@ class ModelConfig:
                                                "--merge-lora (saves merged weights), or merge it first")
 
 
+def _count(parameters) -> int:
+    """Parameters counted whole (DeepSpeed ZeRO-3's partitions by their full size)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in parameters)
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -168,10 +173,10 @@ def build_model(cfg: ModelConfig, log=print) -> BiEncoder:
     check_text_settings(model.settings)
     if cfg.lora_rank:
         targets = cfg.lora_target_modules or default_lora_targets(model.backbone.config)
-        base_parameters = sum(p.numel() for p in model.backbone.parameters())
+        base_parameters = _count(model.backbone.parameters())
         model.backbone = add_lora(model.backbone, rank=cfg.lora_rank, alpha=cfg.lora_alpha or 2.0 * cfg.lora_rank,
                                   dropout=cfg.lora_dropout, targets=targets, modules_to_save=cfg.lora_modules_to_save)
-        trained = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+        trained = _count(p for p in model.backbone.parameters() if p.requires_grad)
         log(f"LoRA rank {cfg.lora_rank} on {' '.join(targets)}: {trained:,} parameters train, "
             f"{100 * trained / base_parameters:.2f}% of the base model's {base_parameters:,}")
     if cfg.gradient_checkpointing:

@@ -139,3 +139,25 @@ def _renamed(value):
         if isinstance(value, str) and value.startswith(old):
             return new + value[len(old):]
     return value
+
+
+# the decoder-embedder recipes of issue 27: the published settings they carry (every other option keeps its default)
+RECIPES = {
+    "configs/train/bge-multilingual-gemma2-lora.yaml": dict(  # FlagEmbedding's decoder_only/base.sh
+        pooling="last", append_eos=True, query_instruction_format="<instruct>{}\n<query>{}", lora_rank=32,
+        lora_alpha=64.0, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"],
+        loss="distill", distill_base="infonce", distill_mode="m3", temperature=0.02, group_size=8,
+        query_max_len=512, passage_max_len=512, same_dataset_batches=True, gradient_checkpointing=True,
+        mixed_precision="bf16", dtype="bfloat16", lr=1e-4),
+    "configs/train/e5-mistral-lora.yaml": dict(  # E5-mistral (arXiv:2401.00368)
+        pooling="last", append_eos=True, query_instruction_format="Instruct: {}\nQuery: {}", lora_rank=16,
+        loss="infonce", temperature=0.02, group_size=2, query_max_len=512, passage_max_len=512,
+        gradient_checkpointing=True, mixed_precision="bf16", deepspeed="configs/deepspeed/zero3.json", lr=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_decoder_recipes_hold_the_published_settings(name):
+    have = flat(parse_config(train.TrainConfig, ["--config", str(REPO / name)]))
+    assert {k: have[k] for k in RECIPES[name]} == RECIPES[name]
