@@ -25,7 +25,8 @@ DEFAULT = "given a query retrieve passages that answer the query"
 
 def test_formats_give_exact_strings():
     fmt = TextFormat(instruction_format=GEMMA, instruction=DEFAULT)
-    assert fmt.query("apple river") == "<instruct>given a query retrieve passages that answer the query\n<query>apple river"
+    assert fmt.query("apple river") == f"<instruct>{DEFAULT}\n<query>apple river"
+    assert DEFAULT == "given a query retrieve passages that answer the query"
     assert fmt.query("apple river", "find similar text") == "<instruct>find similar text\n<query>apple river"
     assert fmt.passage("stone cloud") == "stone cloud"  # query -> passage data: passages as they are
     assert TextFormat(passage_prompt="passage: ", instruction_format=E5, instruction=DEFAULT).passage("stone") == \
@@ -106,9 +107,9 @@ def test_bad_formats_are_refused_naming_the_key(change, key, message):
 def test_what_the_slot_check_prevents():
     """Without the check, a one-slot format given an instruction drops the text silently, and three slots fail at the
     first batch: the failure the refusal above exists for."""
-    assert "Query: {}".format(DEFAULT, "apple") == f"Query: {DEFAULT}"  # the query is gone, no error
+    assert "Query: {}".format(DEFAULT, "apple") == f"Query: {DEFAULT}"  # noqa: F523 - the query is gone, no error
     with pytest.raises(IndexError):
-        "{}{}{}".format(DEFAULT, "apple")
+        "{}{}{}".format(DEFAULT, "apple")  # noqa: F524
     assert format_slots("Query: {}") == 1 and format_slots(E5) == 2
     with pytest.raises(ValueError, match="has one {} slot"):
         fill("Query: {}", "find similar text", "apple")  # a row's prompt with nowhere to go
