@@ -59,7 +59,8 @@ def main() -> None:
     print(f"activations with gradient checkpointing: {kept / 1e3:.0f} kB per token kept (42 layer inputs) + "
           f"{layer / 1e3:.0f} kB per token for the layer recomputed in backward = {per_token / 1e3:.0f} kB per token")
     print(f"left for activations on 80 GB after {RESERVED / GB:.0f} GB reserved: {free / GB:.1f} GB = "
-          f"{tokens:,.0f} tokens = {tokens / per_query:.1f} queries × (1 + {GROUP - 1}) passages at {LENGTH} tokens")
+          f"{tokens:,.0f} tokens = {tokens / per_query:.1f} queries, each with its {GROUP} passages (1 positive + "
+          f"{GROUP - 1} negatives), all {LENGTH} tokens long")
     for chunk in (32, 64):
         chunk_bytes = chunk * LENGTH * per_token
         rest = free - chunk_bytes

@@ -191,6 +191,23 @@ def test_the_merged_weights_are_peft_merge(saved):
         torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=1e-6)
 
 
+def test_modules_to_save_train_in_full_and_are_saved_and_merged(llama, tmp_path):
+    model = as_trained(lora_model(llama, lora_modules_to_save=["embed_tokens"]))
+    trainable = [n for n, w in model.named_parameters() if w.requires_grad]
+    assert any("embed_tokens.modules_to_save" in n for n in trainable)
+    with torch.no_grad():  # as if trained: the saved copy of the embeddings moves, its original stays
+        model.backbone.get_base_model().embed_tokens.modules_to_save["default"].weight.mul_(1.5)
+    want = model.encode(TEXTS)
+    model.save(str(tmp_path / "adapter"))
+    model.save(str(tmp_path / "merged"), merge=True)
+    for folder in ("adapter", "merged"):
+        torch.testing.assert_close(BiEncoder.from_pretrained(str(tmp_path / folder)).encode(TEXTS), want, atol=1e-5,
+                                   rtol=1e-5, msg=folder)
+    without = lora_model(llama)
+    without.backbone.load_state_dict(model.backbone.state_dict(), strict=False)  # the adapters, not embed_tokens
+    assert (without.encode(TEXTS) - want).abs().max() > 1e-3  # precondition: the trained embeddings matter
+
+
 def test_evaluate_py_scores_the_adapter_folder_without_flags(saved, tmp_path):
     import evaluate
     from evaluation.training_sts import sts_spearman
@@ -282,6 +299,19 @@ def test_two_processes_equal_one_in_loss_and_adapter_weights(llama, one_process,
         assert b[k].shape == a[k].shape and b[k].numel() > 0, (k, b[k].shape)  # never Size([0])
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # precondition: B moved from 0
+
+
+@pytest.mark.multiprocess
+def test_zero3_with_merge_lora_saves_the_merged_model(llama, one_process, tmp_path):
+    """--merge-lora under ZeRO-3: the adapters merged into the gathered base weights, a plain folder that embeds as
+    the one-process run's adapter folder does."""
+    data, ref = one_process
+    out = str(tmp_path / "out")
+    torchrun(["train.py", *lora_args(llama, data, out, "--batch-size", "4", "--deepspeed",
+                                     "configs/deepspeed/zero3.json", "--merge-lora")])
+    assert "model.safetensors" in os.listdir(out) and "adapter_config.json" not in os.listdir(out)
+    merged, adapter = (BiEncoder.from_pretrained(f).encode(TEXTS) for f in (out, ref))
+    torch.testing.assert_close(merged, adapter, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.multiprocess
