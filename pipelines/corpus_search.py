@@ -115,9 +115,11 @@ class Corpus:
 
 
 # ------------------------------------------------------------------ encoding
-def query_texts(examples: list[Example], default_prompt: str) -> list[str]:
-    """Queries with their prompt: a row's own `prompt` wins, as in training (data/collator.py)."""
-    return [(ex.prompt if ex.prompt is not None else default_prompt) + ex.query for ex in examples]
+def query_texts(examples: list[Example], settings) -> list[str]:
+    """Queries as training writes them (data/collator.py): with the model's prompt or instruction format
+    (EncoderSettings.text_format), a row's own `prompt` winning."""
+    fmt = settings.text_format()
+    return [fmt.query(ex.query, ex.prompt) for ex in examples]
 
 
 def load_encoder(name_or_path: str):

@@ -50,7 +50,7 @@ def consistent(model, examples: list[Example], corpus: Corpus, top_k: int, cache
     """(rows with only their top-k positives, rows with none left) ; see the module docstring for the rank."""
     s = model.settings
     corpus_emb = encode_passages_cached(model, corpus.texts, cache_dir, batch_size)  # [N, D]
-    q_emb = model.encode(query_texts(examples, s.query_prompt), batch_size, "", s.query_max_len, show_progress=True)
+    q_emb = model.encode(query_texts(examples, s), batch_size, "", s.query_max_len, show_progress=True)
     pos_texts = [t for ex in examples for t in ex.pos]
     pos_emb = passage_embeddings(model, pos_texts, corpus, corpus_emb, batch_size)  # [P, D]
     depth = min(len(corpus), top_k + max(len(ex.pos) for ex in examples))  # top_k others survive the exclusion

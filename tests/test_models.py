@@ -35,12 +35,21 @@ def saved(tmp_path_factory) -> str:
     return folder
 
 
+# options added after dtype (issue 27: decoder embedders, LoRA), with defaults that change nothing for earlier runs
+ADDED_AFTER_DTYPE = [("append_eos", None), ("query_instruction_format", None), ("query_instruction", None),
+                     ("format_passages", None), ("lora_rank", 0), ("lora_alpha", None), ("lora_dropout", 0.1),
+                     ("lora_target_modules", dataclasses.MISSING), ("lora_modules_to_save", dataclasses.MISSING),
+                     ("merge_lora", False)]
+
+
 def test_model_config_has_train_configs_model_options_in_order_and_one_new_dtype():
     fields = dataclasses.fields(ModelConfig)
     got = [(f.metadata.get("key", f.name), f.default, f.metadata["help"]) for f in fields]
-    assert got[:-1] == TRAIN_CONFIG_MODEL_OPTIONS
+    n = len(TRAIN_CONFIG_MODEL_OPTIONS)
+    assert got[:n] == TRAIN_CONFIG_MODEL_OPTIONS
     assert fields[0].name == "backbone"  # read from the key `model`
-    assert got[-1][:2] == ("dtype", "auto")  # the new option; auto = what loading did before it existed
+    assert got[n][:2] == ("dtype", "auto")  # the new option; auto = what loading did before it existed
+    assert [g[:2] for g in got[n + 1:]] == ADDED_AFTER_DTYPE
 
 
 def test_check_names_the_field_never_a_flag(saved):
