@@ -245,14 +245,14 @@ def write_report(out: Path, results: dict | None, args) -> None:
         lines.append("")
     if results:
         # the records of every finished step on disk: seeds may have run in separate invocations
-        done = {kind: [json.loads(f.read_text()) for f in sorted(out.glob(f"*/{kind}.done.json"))]
+        done = {kind: {f.parent.name: json.loads(f.read_text()) for f in sorted(out.glob(f"*/{kind}.done.json"))}
                 for kind in ("train", f"eval-{args.precision}")}
-        records = [r for kind in done.values() for r in kind]
+        records = [r for kind in done.values() for r in kind.values()]
         secs, loads = [r["seconds"] for r in records], [r[k] for r in records for k in ("load_start", "load_end")]
-        trains = ", ".join(f"{r['seconds']:.0f}" for r in done["train"])
-        evals = ", ".join(f"{r['seconds'] / 60:.0f}" for r in done[f"eval-{args.precision}"])
-        lines.append(f"Machine: {results['machine']}. {sum(secs) / 60:.0f} min of run time in all (trainings "
-                     f"{trains} s; evaluations {evals} min); 1-min load average at the steps' starts and ends "
+        trains = ", ".join(f"{name} {r['seconds']:.0f}" for name, r in done["train"].items())
+        evals = ", ".join(f"{name} {r['seconds'] / 60:.0f}" for name, r in done[f"eval-{args.precision}"].items())
+        lines.append(f"Machine: {results['machine']}. {sum(secs) / 60:.0f} min of run time in all (trainings, s: "
+                     f"{trains}; evaluations, min: {evals}); 1-min load average at the steps' starts and ends "
                      f"{min(loads):.1f}–{max(loads):.1f}.")
         lines.append("")
     text = "\n".join(lines)
@@ -279,7 +279,7 @@ def plot(arms: dict, order: list[str], dims: list[int], path: Path, titles: tupl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9), sharex=True)
     colors = {"base": "gray", "plain": "tab:blue", "matryoshka": "tab:red"}
     for col, (task, title) in enumerate(titles):
         variants = [("float32", None, "-")] + ([("binary", 4, "--")] if task == "scifact" else [("binary", None, "--")])
@@ -303,8 +303,8 @@ def plot(arms: dict, order: list[str], dims: list[int], path: Path, titles: tupl
         axes[1, col].set_xticks(dims, [str(d) for d in dims])
     axes[1, 0].plot([64], [90.1], marker="*", markersize=12, color="black", linestyle="none",
                     label="theirs: nomic-embed v1.5, MTEB avg, 64 of 768 dims (90.1%)")
-    axes[1, 0].legend(fontsize=7, loc="lower right")
-    axes[0, 1].legend(fontsize=7, loc="lower right")
+    for col in (0, 1):  # below the plots: the curves fill every corner
+        axes[1, col].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.suptitle(f"all-MiniLM-L6-v2 fine-tuned on KorNLI triplets ({train_args}): plain vs Matryoshka loss; "
                  "mean ± std over seeds", fontsize=8)
     fig.tight_layout()
