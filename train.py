@@ -38,6 +38,7 @@ from training.checkpoint import (check_random_states, check_same_run, find_check
                                  save_checkpoint, save_model, write_run_record)
 from training.deepspeed_config import load_deepspeed_config
 from training.even_steps import common_batch_count
+from training.grad_cache import deepspeed_grad_cache_warning
 from training.log_window import LogWindow
 from training.optimizer import build_optimizer
 from training.output_dir import check_output_dir, claim_output_dir
@@ -162,6 +163,8 @@ def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ data (the loss's `needs` decide the rows)
     dataset, sampler, loader, group_size = load_data(cfg, model, loss_fn, accelerator)
     check_run_shape(cfg, group_size, loss_fn, accelerator)
+    if warning := deepspeed_grad_cache_warning(accelerator, model, cfg.grad_cache_chunk):  # ZeRO-3 too big to hold
+        log(f"warning: {warning}")
 
     # ------------------------------------------------------------------ optimizer and schedule
     batches_per_epoch = common_batch_count(len(loader))  # the same on every process: no hang at an epoch's end

@@ -4,13 +4,13 @@
     python -m benchmarks.bench_zero --chunks 2 4 16 --arms ddp+gradcache zero1+gradcache zero2+gradcache
     python -m benchmarks.bench_zero --nproc 2                # on 2 GPUs: NCCL, bf16 autocast
 
-Every arm trains the same model (a random BERT; BERT-tiny dimensions on CPU, MiniLM's on GPU) on the same random
-token batches, same global batch (--nproc × --batch-size query/passage pairs) and, with GradCache, the same chunk
+Every arm trains the same model (a random BERT of MiniLM's width: 2 layers on CPU, MiniLM's 6 on GPU) on the same
+random token batches, same global batch (--nproc × --batch-size query/passage pairs) and, with GradCache, the same chunk
 size, through train.py's own step: `training.accelerator.build_accelerator` (with the shipped
 configs/deepspeed/zero{1,2,3}.json), `training.step.train_step`, train.py's AdamW and schedule, clipping as train.py
 clips. "chunks per step" counts GradCache's pieces of one micro-batch, queries and passages chunked separately, so
 2 is the fewest (one chunk per side). Each arm is its own `torchrun` launch (accelerate holds one set-up per
-process).
+process); a GradCache arm measures every --chunks value in turn on the same engine.
 
 Per arm: pairs/s over the timed steps, and per optimizer step the number of calls and the payload bytes of
 all_gather / reduce_scatter / all_reduce / broadcast (benchmarks/collectives.py wraps torch.distributed, so
@@ -58,14 +58,13 @@ REFERENCE = "ddp+gradcache"
 KINDS = ("all_gather", "reduce_scatter", "all_reduce", "broadcast")
 
 
-def model_config(cuda: bool):
+def model_config(args):
+    """A random BERT: MiniLM's width (every weight matrix above ZeRO-3's default persistence threshold of 1e5
+    elements, so ZeRO-3 really partitions them), --layers deep."""
     from transformers import BertConfig
 
-    if cuda:  # all-MiniLM-L6-v2's shape
-        return BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                          intermediate_size=1536)
-    return BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=512)
+    return BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                      num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden)
 
 
 def chunk_size(batch_size: int, chunks: int) -> int:
@@ -95,21 +94,21 @@ def worker(args) -> None:
 
     arm = ARMS[args.arm]
     cuda = torch.cuda.is_available()
-    steps = args.warmup_steps + args.steps
     with tempfile.TemporaryDirectory() as out:
         cfg = train.TrainConfig(model="random", train_data=["random"], batch_size=args.batch_size,
                                 deepspeed=os.path.join(REPO, arm.deepspeed) if arm.deepspeed else None,
-                                mixed_precision="auto", max_steps=steps, output_dir=out, report_to="none")
+                                mixed_precision="auto", output_dir=out, report_to="none")
         accelerator, precision = build_accelerator(cfg)
     torch.manual_seed(0)
-    config = model_config(cuda)
+    config = model_config(args)
     model = BiEncoder(BertModel(config, add_pooling_layer=False), None, EncoderSettings())
     if arm.adapt:
         model = arm.adapt(model)
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     loss_fn = build_loss("infonce", dim=model.dim, temperature=0.02)
     optimizer, scheduler = build_optimizer(model.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           warmup_ratio=cfg.warmup_ratio, total_steps=steps)
+                                           warmup_ratio=cfg.warmup_ratio,
+                                           total_steps=(args.warmup_steps + args.steps) * len(args.chunks))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         counter.count_ddp_buckets(model)
@@ -117,54 +116,64 @@ def worker(args) -> None:
     gen = torch.Generator().manual_seed(1000 + accelerator.process_index)  # each rank its own rows, every arm alike
 
     def tokens(length: int) -> dict:
-        ids = torch.randint(1000, config.vocab_size, (args.batch_size, length), generator=gen)
+        ids = torch.randint(min(1000, config.vocab_size - 1), config.vocab_size, (args.batch_size, length),
+                            generator=gen)
         return {"input_ids": ids.to(accelerator.device), "attention_mask": torch.ones_like(ids).to(accelerator.device)}
 
-    batches = [{"query": tokens(args.query_len), "passage": tokens(args.passage_len)} for _ in range(steps)]
-    chunk = chunk_size(args.batch_size, args.chunks) if arm.grad_cache else 0
+    def batch() -> dict:
+        return {"query": tokens(args.query_len), "passage": tokens(args.passage_len)}
+
     gather = accelerator.num_processes > 1
+    results = []
+    for chunks in (args.chunks if arm.grad_cache else [None]):  # one engine, every chunk count in turn
+        chunk = chunk_size(args.batch_size, chunks) if chunks else 0
 
-    def step(batch) -> torch.Tensor:  # train.py's loop body, without logging and the finiteness guard
-        with accelerator.accumulate(model):
-            loss = train_step(accelerator, model, loss_fn, batch, gather, chunk)
-            clip_gradients(accelerator, [model], cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        return loss
+        def step(batch) -> torch.Tensor:  # train.py's loop body, without logging and the finiteness guard
+            with accelerator.accumulate(model):
+                loss = train_step(accelerator, model, loss_fn, batch, gather, chunk)
+                clip_gradients(accelerator, [model], cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            return loss
 
-    for batch in batches[:args.warmup_steps]:
-        step(batch)
-    if cuda:
-        torch.cuda.synchronize()
-    dist.barrier()
-    counter.reset()
-    start = time.perf_counter()
-    for batch in batches[args.warmup_steps:]:
-        loss = step(batch)
-    loss = loss.item()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    per_step = {k: {"calls": v["calls"] / args.steps, "bytes": v["bytes"] / args.steps}
-                for k, v in counter.snapshot().items()}
+        batches = [batch() for _ in range(args.warmup_steps + args.steps)]
+        for b in batches[:args.warmup_steps]:
+            step(b)
+        if cuda:
+            torch.cuda.synchronize()
+        if dist.is_initialized():
+            dist.barrier()
+        counter.reset()
+        start = time.perf_counter()
+        for b in batches[args.warmup_steps:]:
+            loss = step(b)
+        loss = loss.item()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        per_step = {k: {"calls": v["calls"] / args.steps, "bytes": v["bytes"] / args.steps}
+                    for k, v in counter.snapshot().items()}
+        results.append({"arm": args.arm, "chunks": chunks, "chunk_size": chunk, "precision": precision,
+                        "world": accelerator.num_processes, "seconds_per_step": seconds / args.steps,
+                        "pairs_per_s": args.steps * args.batch_size * accelerator.num_processes / seconds,
+                        "per_step": per_step, "trainable_bytes": trainable, "last_loss": loss,
+                        "device": torch.cuda.get_device_name() if cuda else "cpu"})
     if accelerator.is_main_process:
-        result = {"arm": args.arm, "chunks": args.chunks if chunk else None, "chunk_size": chunk,
-                  "precision": precision, "world": accelerator.num_processes, "seconds_per_step": seconds / args.steps,
-                  "pairs_per_s": args.steps * args.batch_size * accelerator.num_processes / seconds,
-                  "per_step": per_step, "trainable_bytes": trainable, "last_loss": loss,
-                  "device": torch.cuda.get_device_name() if cuda else "cpu"}
         with open(args.result, "w", encoding="utf-8") as f:
-            json.dump(result, f)
+            json.dump(results, f)
     accelerator.end_training()
 
 
 # ---------------------------------------------------------------- the launcher
-def run_arm(args, arm: str, chunks: int, result: str) -> dict:
+def run_arm(args, arm: str, result: str) -> list[dict]:
+    """One torchrun launch of `arm` (every --chunks value in it, for GradCache arms) -> its results."""
+    sizes = {"--batch-size": args.batch_size, "--query-len": args.query_len, "--passage-len": args.passage_len,
+             "--steps": args.steps, "--warmup-steps": args.warmup_steps, "--hidden": args.hidden,
+             "--layers": args.layers, "--vocab": args.vocab}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-           "-m", "benchmarks.bench_zero", "--worker", arm, "--result", result, "--chunks", str(chunks),
-           "--batch-size", str(args.batch_size), "--query-len", str(args.query_len),
-           "--passage-len", str(args.passage_len), "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps)]
+           "-m", "benchmarks.bench_zero", "--worker", arm, "--result", result, "--chunks", *map(str, args.chunks),
+           *[str(x) for item in sizes.items() for x in item]]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     if not args.cuda:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -174,31 +183,34 @@ def run_arm(args, arm: str, chunks: int, result: str) -> dict:
         raise SystemExit(f"arm {arm} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     with open(result, encoding="utf-8") as f:
         out = json.load(f)
-    out["launch_seconds"] = time.perf_counter() - started
+    for r in out:
+        r["launch_seconds"] = time.perf_counter() - started
     return out
 
 
-def label(r: dict) -> str:
-    return r["arm"] + (f"@{r['chunks']}" if r["chunks"] is not None and r["multi"] else "")
+def label(r: dict, multi: bool) -> str:
+    return r["arm"] + (f"@{r['chunks']}" if r["chunks"] and multi else "")
 
 
-def ddp_check(r: dict) -> str | None:
+def ddp_check(r: dict, multi: bool) -> str | None:
     """DDP arms: one bucket set per step, i.e. bucket bytes = the trainable gradients' bytes, once."""
     if ARMS[r["arm"]].deepspeed is not None:
         return None
     b = r["per_step"]["ddp_buckets"]
     ok = abs(b["bytes"] - r["trainable_bytes"]) <= 0.001 * r["trainable_bytes"]
-    return (f"{label(r)}: DDP all-reduced {b['calls']:g} buckets per step, {b['bytes'] / 2**20:.2f} MiB = "
+    return (f"{label(r, multi)}: DDP all-reduced {b['calls']:g} buckets per step, {b['bytes'] / 2**20:.2f} MiB = "
             f"{'every trainable gradient once' if ok else 'NOT the trainable gradients once'} "
             f"({r['trainable_bytes'] / 2**20:.2f} MiB)")
 
 
 def report(args, results: list[dict], machine: str) -> list[str]:
-    mib = 2 ** 20
+    mib, multi = 2 ** 20, len(args.chunks) > 1
     lines = [f"machine: {machine}; load average {args.load}",
-             f"{args.nproc} processes ({'NCCL' if args.cuda else 'gloo'}), {results[0]['precision']}; batch "
-             f"{args.batch_size} pairs per process (global {args.batch_size * args.nproc}), query {args.query_len} + "
-             f"passage {args.passage_len} tokens; {args.steps} timed steps after {args.warmup_steps}", "",
+             f"{args.nproc} processes ({'NCCL' if args.cuda else 'gloo'}), {results[0]['precision'].split(';')[0]}; "
+             f"random BERT, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab} "
+             f"({results[0]['trainable_bytes'] / mib:.1f} MiB of trainable weights); {args.batch_size} pairs per process "
+             f"(global {args.batch_size * args.nproc}), query {args.query_len} + passage {args.passage_len} tokens; "
+             f"{args.steps} timed steps after {args.warmup_steps}", "",
              "| arm | chunks per step (size) | pairs/s | s/step | " +
              " | ".join(f"{k} calls / MiB" for k in KINDS) + " |",
              "|---|---|---|---|" + "---|" * len(KINDS)]
@@ -207,13 +219,13 @@ def report(args, results: list[dict], machine: str) -> list[str]:
         comm = " | ".join(f"{r['per_step'][k]['calls']:g} / {r['per_step'][k]['bytes'] / mib:.2f}" for k in KINDS)
         lines.append(f"| {r['arm']} | {chunks} | {r['pairs_per_s']:.1f} | {r['seconds_per_step']:.2f} | {comm} |")
     lines.append("")
-    lines += [c for r in results if (c := ddp_check(r))]
+    lines += [c for r in results if (c := ddp_check(r, multi))]
     refs = {r["chunks"]: r for r in results if r["arm"] == REFERENCE}
     for r in results:
         ref = refs.get(r["chunks"]) or refs.get(args.chunks[0])
         if ref is not None and r is not ref:
-            lines.append(f"{label(r)}: {r['pairs_per_s'] / ref['pairs_per_s']:.2f}× DDP+GradCache"
-                         f"{'@' + str(ref['chunks']) if r['multi'] else ''}")
+            lines.append(f"{label(r, multi)}: {r['pairs_per_s'] / ref['pairs_per_s']:.2f}× "
+                         f"DDP+GradCache{'@' + str(ref['chunks']) if multi else ''}")
     return lines
 
 
@@ -221,12 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), help=f"from {', '.join(ARMS)}")
     ap.add_argument("--chunks", type=int, nargs="+", default=[4], help="GradCache chunks per step (queries + "
-                    "passages, each side chunked alike: even, ≥ 2); GradCache arms run once per value")
+                    "passages, each side chunked alike: even, ≥ 2); GradCache arms measure each value in turn")
     ap.add_argument("--nproc", type=int, default=2, help="processes (on GPU: one per GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="pairs per process (default 32 CPU, 256 GPU)")
     ap.add_argument("--query-len", type=int, default=None, help="tokens per query (default 16 CPU, 32 GPU)")
     ap.add_argument("--passage-len", type=int, default=None, help="tokens per passage (default 32 CPU, 128 GPU)")
-    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per arm")
+    ap.add_argument("--hidden", type=int, default=384, help="model width (MiniLM's)")
+    ap.add_argument("--layers", type=int, default=None, help="layers (default 2 CPU, 6 GPU = MiniLM's shape)")
+    ap.add_argument("--vocab", type=int, default=30522)
+    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per arm and chunk count")
     ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first (allocator, ZeRO-3 trace)")
     ap.add_argument("--threads", type=int, default=1, help="CPU: torch threads per process")
     ap.add_argument("--arm-timeout", type=int, default=900, help="seconds before an arm's launch is abandoned")
@@ -240,40 +255,42 @@ def main(argv: list[str] | None = None) -> None:
     args.batch_size = args.batch_size or (256 if args.cuda else 32)
     args.query_len = args.query_len or (32 if args.cuda else 16)
     args.passage_len = args.passage_len or (128 if args.cuda else 32)
+    args.layers = args.layers or (6 if args.cuda else 2)
+    for value, name in ((args.nproc, "--nproc"), (args.steps, "--steps"), (args.batch_size, "--batch-size"),
+                        (args.hidden, "--hidden"), (args.layers, "--layers"), (args.vocab, "--vocab"),
+                        (args.query_len, "--query-len"), (args.passage_len, "--passage-len")):
+        if value < 1:
+            raise SystemExit(f"{name} {value}: must be ≥ 1")
+    if args.warmup_steps < 0:
+        raise SystemExit(f"--warmup-steps {args.warmup_steps}: must be ≥ 0")
+    for chunks in args.chunks:
+        chunk_size(args.batch_size, chunks)
     if args.worker:
-        args.arm, args.chunks = args.worker, args.chunks[0]
+        args.arm = args.worker
         worker(args)
         return
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms {' '.join(unknown)}: unknown; choose from {', '.join(ARMS)}")
-    for n, name in ((args.nproc, "--nproc"), (args.steps, "--steps"), (args.batch_size, "--batch-size")):
-        if n < 1:
-            raise SystemExit(f"{name} {n}: must be ≥ 1")
-    for chunks in args.chunks:
-        chunk_size(args.batch_size, chunks)
     if args.cuda and torch.cuda.device_count() < args.nproc:
         raise SystemExit(f"--nproc {args.nproc}: only {torch.cuda.device_count()} GPU(s); NCCL needs one per process")
     from benchmarks.machine import describe_machine
 
     args.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    multi = len(args.chunks) > 1
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for arm in args.arms:
-            for chunks in (args.chunks if ARMS[arm].grad_cache else args.chunks[:1]):
-                r = run_arm(args, arm, chunks, os.path.join(tmp, f"{arm}-{chunks}.json"))
-                r["multi"] = multi
+            for r in run_arm(args, arm, os.path.join(tmp, f"{arm}.json")):
                 results.append(r)
-                print(f"{label(r)}: {r['pairs_per_s']:.1f} pairs/s ({r['launch_seconds']:.0f} s launch)",
+                print(f"{label(r, True)}: {r['pairs_per_s']:.1f} pairs/s ({r['launch_seconds']:.0f} s launch)",
                       file=sys.stderr, flush=True)
     args.load += " → " + " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = report(args, results, describe_machine())
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": describe_machine(), "load": args.load, "args": {k: v for k, v in vars(args).items()},
-                       "results": results, "report": lines}, f, indent=2)
+            json.dump({"machine": describe_machine(), "load": args.load, "args": vars(args), "results": results,
+                       "report": lines}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,69 @@ def test_deepspeed_grad_cache_matches_ddp(tiny_run, ddp_run, tmp_path, stage):
         torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
 
 
+def _zero3_partitioning_everything(folder) -> str:
+    """configs/deepspeed/zero3.json with no persistent parameters: every weight of the tiny model is partitioned
+    (by default those under 1e5 elements, all but its embeddings, stay whole), so every one goes through the
+    gathering GradCache holds."""
+    with open(os.path.join(REPO, "configs", "deepspeed", "zero3.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = os.path.join(folder, "zero3_no_persistence.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return path
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_grad_cache_at_16_chunks_matches_ddp(tiny_run, ddp_run, tmp_path, stage):
+    """--grad-cache-chunk 1: 4 queries + 12 passages = 16 chunks per micro-batch, whose gradients are summed
+    locally and reduced by one DeepSpeed backward (training/grad_cache.py); ZeRO-3 with every weight partitioned
+    and held gathered through the step. Same 4 steps, same losses and final weights as plain DDP."""
+    config = _zero3_partitioning_everything(str(tmp_path)) if stage == 3 else f"configs/deepspeed/zero{stage}.json"
+    out = str(tmp_path / "out")
+    res = torchrun(["train.py", *train_args(*tiny_run, out, "--deepspeed", config, "--grad-cache-chunk", "1")])
+    assert f"DeepSpeed ZeRO-{stage}" in res.stdout + res.stderr and "GradCache chunks of 1" in res.stdout + res.stderr
+    ref, got = losses(ddp_run), losses(out)
+    assert len(got) == 4 and got == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    from models.bi_encoder import BiEncoder
+
+    want, have = BiEncoder.from_pretrained(ddp_run).state_dict(), BiEncoder.from_pretrained(out).state_dict()
+    for k in want:
+        torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.multiprocess
+def test_deepspeed_grad_cache_communicates_once_per_step_whatever_the_chunk_count(tmp_path):
+    """benchmarks/bench_zero.py's worker on 2 processes (a small random BERT, every weight above ZeRO-3's
+    persistence threshold): per optimizer step, the collectives of ZeRO-1/2/3 + GradCache — number and bytes of
+    each kind — are the same at 2 and at 16 chunks. Before the accumulator, ZeRO-2 reduced the whole gradient once
+    per chunk (8× the bytes at 16 chunks) and ZeRO-3 also gathered every weight for each chunk's forward,
+    re-forward and backward. DDP + GradCache: one all-reduce of every gradient, the reference."""
+    per_step = {}
+    for arm in ("ddp+gradcache", "zero1+gradcache", "zero2+gradcache", "zero3+gradcache"):
+        result = tmp_path / f"{arm}.json"
+        torchrun(["-m", "benchmarks.bench_zero", "--worker", arm, "--result", str(result), "--chunks", "2", "16",
+                  "--batch-size", "8", "--query-len", "8", "--passage-len", "8", "--hidden", "320", "--layers", "1",
+                  "--vocab", "1000", "--steps", "1", "--warmup-steps", "1"])
+        runs = json.loads(result.read_text())
+        assert [r["chunks"] for r in runs] == [2, 16]
+        per_step[arm] = [r["per_step"] for r in runs]
+        few, many = per_step[arm]
+        for kind in ("all_gather", "reduce_scatter", "all_reduce", "reduce"):  # the ones that move weights
+            assert few[kind] == many[kind], (arm, kind, per_step[arm])
+        assert few["broadcast"]["bytes"] + many["broadcast"]["bytes"] < 2**16, per_step[arm]  # ZeRO-3 trace checks
+    grads = runs[0]["trainable_bytes"]
+    ddp = per_step["ddp+gradcache"][0]
+    assert ddp["ddp_buckets"]["bytes"] == grads  # every gradient all-reduced once
+    for arm in ("zero1+gradcache", "zero2+gradcache"):  # gloo: DeepSpeed reduces with all_reduce, then gathers
+        reduced = per_step[arm][0]["all_reduce"]["bytes"] + per_step[arm][0]["reduce_scatter"]["bytes"]
+        assert grads <= reduced <= grads * 1.05, (arm, per_step[arm][0], grads)
+    zero3 = per_step["zero3+gradcache"][0]
+    assert grads <= zero3["all_gather"]["bytes"] <= grads * 1.05, zero3  # each weight gathered once
+    assert grads <= zero3["reduce_scatter"]["bytes"] <= grads * 1.05, zero3  # each gradient reduced once
+
+
 @pytest.mark.multiprocess
 def test_launch_multinode_script_runs_two_nodes(tiny_run, ddp_run, tmp_path):
     """scripts/launch_multinode.sh started twice on this machine as 2 "nodes" × 1 process, joined by the c10d
@@ -230,6 +293,19 @@ def test_unreadable_deepspeed_config(tmp_path):
     bad.write_text("{not json")
     cfg = train.TrainConfig(model="m", train_data=["x"], deepspeed=str(bad))
     with pytest.raises(SystemExit, match="cannot read the DeepSpeed config"):
+        train.main(cfg)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"zero_optimization": {"stage": 4}}, "zero_optimization.stage = 4: ZeRO has stages 0, 1, 2 and 3"),
+    ({"train_micro_batch_size_per_gpu": 8}, "train_micro_batch_size_per_gpu = 8 contradicts --batch-size"),
+])
+def test_deepspeed_config_refused_before_training(tiny_run, tmp_path, section, message):
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps(section))
+    cfg = train.TrainConfig(model=tiny_run[0], train_data=[tiny_run[1]], batch_size=4, group_size=3,
+                            deepspeed=str(bad), report_to="none", output_dir=str(tmp_path / "o"))
+    with pytest.raises(SystemExit, match=message):
         train.main(cfg)
 
 
