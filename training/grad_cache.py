@@ -137,6 +137,18 @@ def _backward_chunks_deepspeed(accelerator, engine, pieces, states, grads, held)
     (see the module docstring)."""
     from deepspeed.runtime.torch_autocast import autocast_if_enabled
 
+    if engine.zero_optimization_partition_weights() and not held.params:
+        # ZeRO-3 too big to hold gathered (deepspeed_grad_cache_warning): one micro-step per chunk, as ZeRO-3 keeps
+        # only partitions of the gradients (an accumulator would be a whole copy); slow, every chunk communicates
+        for i, ((side, tokens), state) in enumerate(zip(pieces, states)):
+            state.restore()
+            surrogate = (_embed(accelerator, engine, side, tokens).float() * grads[side].pop(0).float()).sum()
+            if i < len(pieces) - 1:
+                engine.set_gradient_accumulation_boundary(False)
+                engine.backward(surrogate)
+            else:
+                accelerator.backward(surrogate)  # boundary = accelerator.sync_gradients, then engine.step()
+        return
     module = engine.module
     trainable = [p for p in module.parameters() if p.requires_grad]
     scale = loss_scale(engine)  # fp16: chunk gradients in the loss scale's range, accumulated unscaled
@@ -210,12 +222,12 @@ def zero3_can_hold(engine) -> bool:
 def deepspeed_grad_cache_warning(accelerator, model, chunk: int) -> str | None:
     """train.py's start-up line when GradCache runs under a DeepSpeed set-up that still communicates per chunk:
     ZeRO-3 with more parameters than its config lets stay gathered (`stage3_max_live_parameters`). None otherwise.
-    `model`: before accelerator.prepare (full parameter counts)."""
+    `model`: the module (under ZeRO-3, transformers may have partitioned it at load: ds_numel is the full count)."""
     if not chunk or accelerator.distributed_type != DistributedType.DEEPSPEED:
         return None
     zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
     limit = int(float(zero.get("stage3_max_live_parameters", 1e9)))  # DeepSpeed's default
-    numel = sum(p.numel() for p in model.parameters())
+    numel = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if zero.get("stage", 0) != 3 or numel <= limit:
         return None
     return (f"ZeRO-3 + GradCache is slow here: the model's {numel:,} parameters exceed stage3_max_live_parameters "
