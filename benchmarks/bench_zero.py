@@ -5,12 +5,14 @@
     python -m benchmarks.bench_zero --nproc 2                # on 2 GPUs: NCCL, bf16 autocast
 
 Every arm trains the same model (a random BERT of MiniLM's width: 2 layers on CPU, MiniLM's 6 on GPU) on the same
-random token batches, same global batch (--nproc × --batch-size query/passage pairs) and, with GradCache, the same chunk
-size, through train.py's own step: `training.accelerator.build_accelerator` (with the shipped
+random token batches, same global batch (--nproc × --batch-size query/passage pairs) and, with GradCache, the same
+chunk size, through train.py's own step: `training.accelerator.build_accelerator` (with the shipped
 configs/deepspeed/zero{1,2,3}.json), `training.step.train_step`, train.py's AdamW and schedule, clipping as train.py
 clips. "chunks per step" counts GradCache's pieces of one micro-batch, queries and passages chunked separately, so
 2 is the fewest (one chunk per side). Each arm is its own `torchrun` launch (accelerate holds one set-up per
-process); a GradCache arm measures every --chunks value in turn on the same engine.
+process); a GradCache arm measures every --chunks value in turn on the same engine. Arms are launched --rounds
+times, round-robin, and the fastest round counts: on a shared machine a busy minute then slows one round of every
+arm rather than all of one arm.
 
 Per arm: pairs/s over the timed steps, and per optimizer step the number of calls and the payload bytes of
 all_gather / reduce_scatter / all_reduce / broadcast (benchmarks/collectives.py wraps torch.distributed, so
@@ -166,15 +168,29 @@ def worker(args) -> None:
 
 
 # ---------------------------------------------------------------- the launcher
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_arm(args, arm: str, result: str) -> list[dict]:
     """One torchrun launch of `arm` (every --chunks value in it, for GradCache arms) -> its results."""
     sizes = {"--batch-size": args.batch_size, "--query-len": args.query_len, "--passage-len": args.passage_len,
              "--steps": args.steps, "--warmup-steps": args.warmup_steps, "--hidden": args.hidden,
              "--layers": args.layers, "--vocab": args.vocab}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-           "-m", "benchmarks.bench_zero", "--worker", arm, "--result", result, "--chunks", *map(str, args.chunks),
-           *[str(x) for item in sizes.items() for x in item]]
+    worker = ["-m", "benchmarks.bench_zero", "--worker", arm, "--result", result, "--chunks", *map(str, args.chunks),
+              *[str(x) for item in sizes.items() for x in item]]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if args.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               *worker]
+    else:  # a world of one needs no launcher process, only its address
+        cmd = [sys.executable, *worker]
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(free_port()))
     if not args.cuda:
         env["OMP_NUM_THREADS"] = str(args.threads)
     started = time.perf_counter()
@@ -208,16 +224,20 @@ def report(args, results: list[dict], machine: str) -> list[str]:
     lines = [f"machine: {machine}; load average {args.load}",
              f"{args.nproc} processes ({'NCCL' if args.cuda else 'gloo'}), {results[0]['precision'].split(';')[0]}; "
              f"random BERT, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab} "
-             f"({results[0]['trainable_bytes'] / mib:.1f} MiB of trainable weights); {args.batch_size} pairs per process "
-             f"(global {args.batch_size * args.nproc}), query {args.query_len} + passage {args.passage_len} tokens; "
-             f"{args.steps} timed steps after {args.warmup_steps}", "",
-             "| arm | chunks per step (size) | pairs/s | s/step | " +
+             f"({results[0]['trainable_bytes'] / mib:.1f} MiB of trainable weights); {args.batch_size} pairs per "
+             f"process (global {args.batch_size * args.nproc}), query {args.query_len} + passage {args.passage_len} "
+             f"tokens; "
+             f"{args.steps} timed steps after {args.warmup_steps}; the fastest of {args.rounds} launches per arm",
+             "",
+             "| arm | chunks per step (size) | pairs/s (each round) | s/step | " +
              " | ".join(f"{k} calls / MiB" for k in KINDS) + " |",
              "|---|---|---|---|" + "---|" * len(KINDS)]
     for r in results:
         chunks = f"{r['chunks']} ({r['chunk_size']})" if r["chunks"] else "—"
         comm = " | ".join(f"{r['per_step'][k]['calls']:g} / {r['per_step'][k]['bytes'] / mib:.2f}" for k in KINDS)
-        lines.append(f"| {r['arm']} | {chunks} | {r['pairs_per_s']:.1f} | {r['seconds_per_step']:.2f} | {comm} |")
+        rounds = r.get("rounds", [])
+        each = f" ({', '.join(f'{x:.1f}' for x in rounds)})" if len(rounds) > 1 else ""
+        lines.append(f"| {r['arm']} | {chunks} | {r['pairs_per_s']:.1f}{each} | {r['seconds_per_step']:.2f} | {comm} |")
     lines.append("")
     lines += [c for r in results if (c := ddp_check(r, multi))]
     refs = {r["chunks"]: r for r in results if r["arm"] == REFERENCE}
@@ -241,8 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hidden", type=int, default=384, help="model width (MiniLM's)")
     ap.add_argument("--layers", type=int, default=None, help="layers (default 2 CPU, 6 GPU = MiniLM's shape)")
     ap.add_argument("--vocab", type=int, default=30522)
-    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per arm and chunk count")
-    ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first (allocator, ZeRO-3 trace)")
+    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per arm and chunk count")
+    ap.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (allocator, ZeRO-3 trace)")
+    ap.add_argument("--rounds", type=int, default=2, help="launches of each arm, round-robin; the fastest counts")
     ap.add_argument("--threads", type=int, default=1, help="CPU: torch threads per process")
     ap.add_argument("--arm-timeout", type=int, default=900, help="seconds before an arm's launch is abandoned")
     ap.add_argument("--json", default=None, help="write every arm's result here")
@@ -252,11 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     args.cuda = torch.cuda.is_available()
-    args.batch_size = args.batch_size or (256 if args.cuda else 32)
-    args.query_len = args.query_len or (32 if args.cuda else 16)
-    args.passage_len = args.passage_len or (128 if args.cuda else 32)
-    args.layers = args.layers or (6 if args.cuda else 2)
+    for name, gpu, cpu in (("batch_size", 256, 32), ("query_len", 32, 16), ("passage_len", 128, 32), ("layers", 6, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, gpu if args.cuda else cpu)
     for value, name in ((args.nproc, "--nproc"), (args.steps, "--steps"), (args.batch_size, "--batch-size"),
+                        (args.rounds, "--rounds"),
                         (args.hidden, "--hidden"), (args.layers, "--layers"), (args.vocab, "--vocab"),
                         (args.query_len, "--query-len"), (args.passage_len, "--passage-len")):
         if value < 1:
@@ -277,15 +298,33 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.machine import describe_machine
 
     args.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    results = []
+    best, failed = {}, []  # (arm, chunks) -> its fastest round
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in args.arms:
-            for r in run_arm(args, arm, os.path.join(tmp, f"{arm}.json")):
-                results.append(r)
-                print(f"{label(r, True)}: {r['pairs_per_s']:.1f} pairs/s ({r['launch_seconds']:.0f} s launch)",
-                      file=sys.stderr, flush=True)
+        for round_ in range(args.rounds):  # round-robin: a busy minute on a shared machine hits one round, not one arm
+            for arm in args.arms:
+                if any(f.startswith(f"{arm}:") for f in failed):
+                    continue
+                try:
+                    runs = run_arm(args, arm, os.path.join(tmp, f"{arm}.json"))
+                except (SystemExit, subprocess.TimeoutExpired) as e:  # recorded; the other arms still run
+                    print(e, file=sys.stderr, flush=True)
+                    why = f"timed out after {e.timeout:.0f} s" if isinstance(e, subprocess.TimeoutExpired) else \
+                        str(e).splitlines()[0]
+                    failed.append(f"{arm}: failed: {why}")
+                    continue
+                for r in runs:
+                    key = (r["arm"], r["chunks"])
+                    r["rounds"] = best.get(key, {}).get("rounds", []) + [r["pairs_per_s"]]
+                    if key not in best or r["pairs_per_s"] > best[key]["pairs_per_s"]:
+                        best[key] = r
+                    best[key]["rounds"] = r["rounds"]
+                    print(f"round {round_ + 1}: {label(r, True)}: {r['pairs_per_s']:.1f} pairs/s "
+                          f"({r['launch_seconds']:.0f} s launch)", file=sys.stderr, flush=True)
+    results = list(best.values())
     args.load += " → " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines = report(args, results, describe_machine())
+    if not results:
+        raise SystemExit("every arm failed:\n" + "\n".join(failed))
+    lines = report(args, results, describe_machine()) + failed
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -170,7 +170,8 @@ def _backward_chunks_deepspeed(accelerator, engine, pieces, states, grads, held)
                     accumulated[j].add_(grad)
             continue
         surrogate = (_embed(accelerator, engine, side, tokens).float() * g.float()).sum()
-        for a, p in zip(accumulated, trainable):
+        for j, p in enumerate(trainable):
+            a, accumulated[j] = accumulated[j], None  # the graph holds it now, and frees it once it has been used
             if a is not None:
                 surrogate = surrogate + (a * p.float()).sum()  # ∂/∂p = a: the other chunks' gradient
         held.release()  # ZeRO-3: the last backward partitions the parameters as usual, before engine.step()
@@ -184,7 +185,7 @@ def loss_scale(engine) -> float:
     if scale_if_loss is None:
         return 1.0
     one = torch.ones((), device=engine.device, requires_grad=True) * 1.0  # a loss-like tensor (it has a grad_fn)
-    return float(scale_if_loss(one))
+    return float(scale_if_loss(one).detach())
 
 
 class hold_zero3_parameters:
