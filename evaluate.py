@@ -4,12 +4,16 @@
     python evaluate.py --model sentence-transformers/all-MiniLM-L6-v2 --tasks STSBenchmark SciFact --output-dir eval/
     python evaluate.py --model out/ --local-task retrieval=../shared/data/retrieval/scifact \\
         --compare ../shared/data/reference/all-MiniLM-L6-v2.json --output-dir eval/
+    python evaluate.py --model out/ --local-task retrieval=../shared/data/retrieval/scifact \\
+        --truncate-dim 256 128 64 --quantize int8 binary --rescore-multiplier 4 --output-dir eval/
 
 Steps: check the options, the model folder (config, weights, tokenizer files; max lengths against its position
 limit, from config.json alone) and --output-dir -> build every task (names resolved, hub data downloaded, files
 parsed and checked) -> load the model with its saved prompts and lengths (command-line flags override them) ->
 mteb.evaluate -> write mteb's per-task result JSON under OUTPUT_DIR/results/<model>/<revision>/ and
-OUTPUT_DIR/summary.json -> print a table (with deltas for --compare).
+OUTPUT_DIR/summary.json -> print a table (with deltas for --compare). With --truncate-dim / --quantize the texts are
+still encoded once: each variant is scored from the same full-width embeddings, its retention = score / full float32
+score in the summary and the table, its mteb files under experiments/ (evaluation/variants.py).
 Results are always recomputed: the revision hashes the weights and settings, the data may have changed.
 OUTPUT_DIR is written whole or not at all (storage/folders.py: built beside it, renamed when complete). An existing
 one is replaced only when it holds an earlier output of evaluate.py and nothing else, and --overwrite is given; a
@@ -27,8 +31,10 @@ from pathlib import Path
 import torch
 
 from evaluation.local_tasks import LOCAL_TASK_KINDS
-from models.bi_encoder import PRECISIONS, SETTINGS_FILE, read_settings
+from evaluation.quantization import PRECISIONS as QUANTIZED_PRECISIONS
 from models.checks import MaxLengthError, check_max_lengths, check_model_folder, find_model
+from models.encode import PRECISIONS
+from models.st_folder import SETTINGS_FILE, read_settings
 from storage.files import check_output_place
 from storage.folders import check_output_folder, staged_folder
 
@@ -47,12 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "  clustering           .tsv/.csv/.jsonl with text, label\n"
                "  pair_classification  NLI .tsv with sentence1, sentence2, gold_label (entailment = positive)\n"
                "TSV files are read without quote handling: quote characters are text.")
-    parser.add_argument("--model", required=True, help="folder saved by BiEncoder.save / sentence-transformers, or a Hub id")
+    parser.add_argument("--model", required=True,
+                        help="folder saved by BiEncoder.save / sentence-transformers, or a Hub id")
     parser.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="NAME",
                         help="mteb task names, e.g. STSBenchmark SciFact (data is downloaded from the Hub)")
     parser.add_argument("--local-task", nargs="+", action="extend", default=[], metavar="KIND=PATH",
-                        help=f"a task from local files; KIND one of {', '.join(LOCAL_TASK_KINDS)}; named after the file "
-                             "stem or folder; retrieval takes an optional @SPLIT (default test), e.g. retrieval=data/scifact@dev")
+                        help=f"a task from local files; KIND one of {', '.join(LOCAL_TASK_KINDS)}; named after the "
+                             "file stem or folder; retrieval takes an optional @SPLIT (default test), "
+                             "e.g. retrieval=data/scifact@dev")
     parser.add_argument("--output-dir", required=True,
                         help="where results/ and summary.json are written: a new or empty folder, or one evaluate.py "
                              "wrote before (with --overwrite)")
@@ -69,11 +77,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                               "'STS=query: ' 'SciFact-query=Represent the claim: '")
     prompts.add_argument("--query-max-len", type=int, help="token limit for queries")
     prompts.add_argument("--passage-max-len", type=int, help="token limit for documents and symmetric tasks")
+    variants = parser.add_argument_group("truncated and quantized embeddings, each scored against the full float32 "
+                                         "score from the same single encode")
+    variants.add_argument("--truncate-dim", nargs="+", action="extend", type=int, default=[], metavar="D",
+                          help="also score the first D dimensions (Matryoshka), re-normalised where the model "
+                               "normalises, e.g. 256 128 64")
+    variants.add_argument("--quantize", nargs="+", action="extend", choices=QUANTIZED_PRECISIONS, default=[],
+                          help="also score int8 / binary embeddings at every dimension; retrieval and STS tasks only "
+                               "(evaluation/quantization.py)")
+    variants.add_argument("--rescore-multiplier", type=int, metavar="M",
+                          help="retrieval under --quantize: also rescore the quantized search's top 100·M with the "
+                               "float query (sentence-transformers' published runs: 4; its search default: 2)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): bf16 autocast on CUDA, fp32 on CPU; fp32 reproduces CPU scores on a GPU")
-    parser.add_argument("--model-name", help="name in mteb's result files (default: Hub id or local/<parent>__<folder>)")
+    parser.add_argument("--model-name",
+                        help="name in mteb's result files (default: Hub id or local/<parent>__<folder>)")
     args = parser.parse_args(argv)
     if not args.tasks and not args.local_task:
         parser.error("give at least one task: --tasks NAME ... and/or --local-task KIND=PATH ...")
@@ -83,9 +103,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         parser.error(f"--output-dir {args.output_dir}: is a file, not a folder")
     for flag, value in (("--batch-size", args.batch_size), ("--query-max-len", args.query_max_len),
-                        ("--passage-max-len", args.passage_max_len)):
+                        ("--passage-max-len", args.passage_max_len), ("--rescore-multiplier", args.rescore_multiplier),
+                        *(("--truncate-dim", d) for d in args.truncate_dim)):
         if value is not None and value < 1:
             parser.error(f"{flag} {value}: must be ≥ 1")
+    for flag, values in (("--truncate-dim", args.truncate_dim), ("--quantize", args.quantize)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            parser.error(f"{flag} {' '.join(map(str, twice))}: given twice; each variant is scored once")
+    if args.rescore_multiplier is not None and not args.quantize:
+        parser.error(f"--rescore-multiplier {args.rescore_multiplier}: rescores the search of --quantize, which is "
+                     "not set")
     if args.device is not None:
         problem = device_problem(args.device)
         if problem:
@@ -141,6 +169,22 @@ def check_model(args: argparse.Namespace, path: str) -> None:
                 raise ValueError(f"{flag} {e.value}: {e.reason}") from None
             raise ValueError(f"{args.model}: the model's saved {field} is {e.value}, {e.reason}; pass {flag} "
                              f"{e.limit} (or less)") from None
+    check_truncate_dims(args.truncate_dim, path)
+
+
+def check_truncate_dims(dims: list[int], path: str) -> None:
+    """Each --truncate-dim below the model's dimension (hidden_size in its config.json; no weights are read)."""
+    if not dims:
+        return
+    from transformers import AutoConfig
+
+    full = AutoConfig.from_pretrained(path).hidden_size
+    for d in dims:
+        if d > full:
+            raise ValueError(f"--truncate-dim {d}: more than the model's {full} dimensions")
+        if d == full:
+            raise ValueError(f"--truncate-dim {d}: the model's full dimension, which is always scored (the "
+                             "baseline); leave it out")
 
 
 def check_output(args: argparse.Namespace, model_path: str | None) -> None:
@@ -172,16 +216,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     except ValueError as err:  # OutputError, MaxLengthError, TaskSpecError included
         sys.exit(f"error: {err}")
 
-    import mteb
     from mteb.cache import ResultCache
 
     from evaluation.mteb_encoder import BiEncoderForMTEB
-    from evaluation.summary import add_reference, format_table, load_reference, summarize
+    from evaluation.summary import add_reference, add_variants, format_table, load_reference, summarize
     from evaluation.tasks import HubDataError, build_tasks, preload_hub_data
+    from evaluation.variants import BASELINE, evaluate_variants, plan_variants, quantize_problem
 
     # 1. Every task (hub data downloaded, local files parsed) and the reference file, before the model is loaded.
     try:
         tasks = build_tasks(args.tasks, args.local_task)
+        problem = quantize_problem(tasks, args.quantize)
+        if problem:
+            raise ValueError(f"--quantize {' '.join(args.quantize)}: {problem}")
         reference = load_reference(args.compare) if args.compare else None
         preload_hub_data(tasks)
         if model_path is None:  # a Hub model: downloaded now, then checked as a folder is
@@ -200,17 +247,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     print(f"model {meta.name} revision {meta.revision}: {meta.n_parameters:,} parameters, dim {meta.embed_dim}, "
           f"prompts {encoder.model_prompts or 'none'}", flush=True)
 
-    # 3. mteb's evaluators; results written by mteb's cache layer into a folder beside --output-dir, renamed to it
-    # once summary.json is written (never read back: results are always recomputed).
+    # 3. mteb's evaluators, once per variant (the full float32 baseline alone unless --truncate-dim / --quantize);
+    # results written by mteb's cache layer into a folder beside --output-dir, renamed to it once summary.json is
+    # written (never read back: results are always recomputed).
     output_dir = Path(args.output_dir)
+    variants = plan_variants(args.truncate_dim, args.quantize, args.rescore_multiplier)
     with staged_folder(args.output_dir, TOOL, **output_rule(args), log=print) as staging:
-        results = mteb.evaluate(encoder, tasks, cache=ResultCache(staging), overwrite_strategy="always",
-                                encode_kwargs={"batch_size": args.batch_size})
+        results = evaluate_variants(encoder, tasks, variants, cache=ResultCache(staging),
+                                    encode_kwargs={"batch_size": args.batch_size})
 
-        # 4. Summary, reference deltas, table.
-        summary = summarize(tasks, results.task_results)
+        # 4. Summary, reference deltas, each variant's retention, table.
+        summary = summarize(tasks, results[BASELINE])
         if reference is not None:
-            add_reference(summary, results.task_results, reference)
+            add_reference(summary, results[BASELINE], reference)
+        add_variants(summary, [(v.describe(meta.embed_dim), r) for v, r in results.items() if v != BASELINE])
         (Path(staging) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         result_folder = ResultCache(staging).get_task_result_path(tasks[0].metadata.name, meta).parent
         result_folder = output_dir / result_folder.relative_to(staging)

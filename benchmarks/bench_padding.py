@@ -1,6 +1,6 @@
 """Padding waste of training batches with and without length buckets, on a real file.
 
-Builds the sampler train.py uses (data/bucket_sampler.py) twice — random batches and length buckets — runs
+Builds the sampler train.py uses (data/batch_planner.py) twice — random batches and length buckets — runs
 every rank's batches of one or more epochs through the real GroupedDataset and Collator (pads to the batch's
 longest, multiple of 8) and counts padded vs real tokens in the query and passage tensors:
 
@@ -19,7 +19,7 @@ import time
 
 from transformers import AutoTokenizer
 
-from data.bucket_sampler import BucketBatchSampler
+from data.batch_planner import BucketBatchSampler
 from data.collator import Collator
 from data.examples import Example, load_examples
 from data.groups import GroupedDataset
@@ -69,7 +69,8 @@ def padding(sampler: BucketBatchSampler, dataset: GroupedDataset, collate: Colla
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=os.path.join(SHARED, "train", "kornli-triplets.jsonl"),
                    help="training file in any format train.py reads")
     p.add_argument("--beir-corpus", help="use a BEIR corpus.jsonl as (title → text) pairs instead of --data")

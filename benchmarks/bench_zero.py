@@ -21,8 +21,8 @@ that DDP all-reduced one bucket set per step: bucket bytes = every trainable gra
 each arm's throughput over DDP + GradCache's in the same run, one line an arm.
 
 Arms are the ARMS table: a DeepSpeed config (None = DDP), GradCache on or off, and `adapt`, how the arm changes the
-model before training (None = full fine-tuning). LoRA on ZeRO-3 ± GradCache is added there, with LoRA, as two
-lines whose `adapt` applies it.
+model before training (None = full fine-tuning); the lora-zero3 arms add rank-8 LoRA adapters (models/lora.py) to
+the same random BERT, base frozen, so only the adapters' gradients are reduced.
 """
 from __future__ import annotations
 
@@ -34,9 +34,19 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def with_lora(model):
+    """LoRA as train.py adds it (models/lora.py, --lora-rank 8 on BERT's default targets): the base frozen."""
+    from models.family import default_lora_targets
+    from models.lora import add_lora
+
+    model.backbone = add_lora(model.backbone, rank=8, alpha=16.0, dropout=0.0,
+                              targets=default_lora_targets(model.backbone.config), modules_to_save=[])
+    return model
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ ARMS = {
     "zero2+gradcache": Arm("configs/deepspeed/zero2.json", True),
     "zero3": Arm("configs/deepspeed/zero3.json", False),
     "zero3+gradcache": Arm("configs/deepspeed/zero3.json", True),
+    "lora-zero3": Arm("configs/deepspeed/zero3.json", False, with_lora),
+    "lora-zero3+gradcache": Arm("configs/deepspeed/zero3.json", True, with_lora),
 }
 REFERENCE = "ddp+gradcache"
 KINDS = ("all_gather", "reduce_scatter", "all_reduce", "broadcast")
@@ -86,21 +98,21 @@ def worker(args) -> None:
     import torch.distributed as dist
     from transformers import BertModel
 
-    import train
     from losses import build_loss
-    from models.bi_encoder import BiEncoder, EncoderSettings
-    from training.accelerator import build_accelerator
+    from models.bi_encoder import BiEncoder
+    from models.settings import EncoderSettings
+    from training.accelerator import build_accelerator, finish
+    from training.config import OptimConfig, OutputConfig
     from training.optimizer import build_optimizer
     from training.step import train_step
     from training.step_guard import clip_gradients
 
     arm = ARMS[args.arm]
     cuda = torch.cuda.is_available()
+    cfg = OptimConfig(batch_size=args.batch_size, mixed_precision="auto",
+                      deepspeed=os.path.join(REPO, arm.deepspeed) if arm.deepspeed else None)
     with tempfile.TemporaryDirectory() as out:
-        cfg = train.TrainConfig(model="random", train_data=["random"], batch_size=args.batch_size,
-                                deepspeed=os.path.join(REPO, arm.deepspeed) if arm.deepspeed else None,
-                                mixed_precision="auto", output_dir=out, report_to="none")
-        accelerator, precision = build_accelerator(cfg)
+        accelerator, precision = build_accelerator(cfg, OutputConfig(output_dir=out, report_to="none"))
     torch.manual_seed(0)
     config = model_config(args)
     model = BiEncoder(BertModel(config, add_pooling_layer=False), None, EncoderSettings())
@@ -130,7 +142,7 @@ def worker(args) -> None:
     for chunks in (args.chunks if arm.grad_cache else [None]):  # one engine, every chunk count in turn
         chunk = chunk_size(args.batch_size, chunks) if chunks else 0
 
-        def step(batch) -> torch.Tensor:  # train.py's loop body, without logging and the finiteness guard
+        def step(batch, chunk=chunk) -> torch.Tensor:  # train.py's loop body, without logging and finiteness guard
             with accelerator.accumulate(model):
                 loss = train_step(accelerator, model, loss_fn, batch, gather, chunk)
                 clip_gradients(accelerator, [model], cfg.max_grad_norm)
@@ -164,7 +176,7 @@ def worker(args) -> None:
     if accelerator.is_main_process:
         with open(args.result, "w", encoding="utf-8") as f:
             json.dump(results, f)
-    accelerator.end_training()
+    finish(accelerator)
 
 
 # ---------------------------------------------------------------- the launcher
@@ -194,7 +206,8 @@ def run_arm(args, arm: str, result: str) -> list[dict]:
     if not args.cuda:
         env["OMP_NUM_THREADS"] = str(args.threads)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=args.arm_timeout)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=args.arm_timeout)
     if proc.returncode != 0 or not os.path.isfile(result):
         raise SystemExit(f"arm {arm} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     with open(result, encoding="utf-8") as f:
@@ -222,22 +235,22 @@ def ddp_check(r: dict, multi: bool) -> str | None:
 def report(args, results: list[dict], machine: str) -> list[str]:
     mib, multi = 2 ** 20, len(args.chunks) > 1
     lines = [f"machine: {machine}; load average {args.load}",
-             f"{args.nproc} processes ({'NCCL' if args.cuda else 'gloo'}), {results[0]['precision'].split(';')[0]}; "
-             f"random BERT, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab} "
-             f"({results[0]['trainable_bytes'] / mib:.1f} MiB of trainable weights); {args.batch_size} pairs per "
-             f"process (global {args.batch_size * args.nproc}), query {args.query_len} + passage {args.passage_len} "
-             f"tokens; "
-             f"{args.steps} timed steps after {args.warmup_steps}; the fastest of {args.rounds} launches per arm",
+             (f"{args.nproc} processes ({'NCCL' if args.cuda else 'gloo'}), {results[0]['precision'].split(';')[0]}; "
+              f"random BERT, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; {args.batch_size} pairs "
+              f"per process (global {args.batch_size * args.nproc}), query {args.query_len} + passage "
+              f"{args.passage_len} tokens; {args.steps} timed steps after {args.warmup_steps}; the fastest of "
+              f"{args.rounds} launches per arm"),
              "",
-             "| arm | chunks per step (size) | pairs/s (each round) | s/step | " +
+             "| arm | trained MiB | chunks per step (size) | pairs/s (each round) | s/step | " +
              " | ".join(f"{k} calls / MiB" for k in KINDS) + " |",
-             "|---|---|---|---|" + "---|" * len(KINDS)]
+             "|---|---|---|---|---|" + "---|" * len(KINDS)]
     for r in results:
         chunks = f"{r['chunks']} ({r['chunk_size']})" if r["chunks"] else "—"
         comm = " | ".join(f"{r['per_step'][k]['calls']:g} / {r['per_step'][k]['bytes'] / mib:.2f}" for k in KINDS)
         rounds = r.get("rounds", [])
         each = f" ({', '.join(f'{x:.1f}' for x in rounds)})" if len(rounds) > 1 else ""
-        lines.append(f"| {r['arm']} | {chunks} | {r['pairs_per_s']:.1f}{each} | {r['seconds_per_step']:.2f} | {comm} |")
+        lines.append(f"| {r['arm']} | {r['trainable_bytes'] / mib:.2f} | {chunks} | {r['pairs_per_s']:.1f}{each} | "
+                     f"{r['seconds_per_step']:.2f} | {comm} |")
     lines.append("")
     lines += [c for r in results if (c := ddp_check(r, multi))]
     refs = {r["chunks"]: r for r in results if r["arm"] == REFERENCE}

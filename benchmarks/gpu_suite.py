@@ -14,7 +14,8 @@ Parts (PARTS, in order; each writes its own table):
   - zero: DDP and ZeRO-1/2/3 + GradCache at a global batch of 4,096 (benchmarks/bench_zero.py: one process,
     NCCL), pairs/s and collectives per step. In a world of one, accelerate still wraps DDP but skips `no_sync`,
     so "ddp+gradcache" all-reduces (locally) once per chunk; its check line says so.
-  A LoRA part (a random-weight Gemma2-9B-shaped LoRA step) is added to PARTS with LoRA.
+  - lora: one LoRA step of a random-weight Gemma2-9B-shaped bi-encoder (benchmarks/bench_lora_big.py: bf16
+    weights, rank 16 on the decoder targets, gradient checkpointing, GradCache), its peak memory and pairs/s.
 
 The image of the lent GPU machines has no DeepSpeed (nor its pydantic and hjson): `--fetch-wheels` puts them in
 .whl/ (git-ignored) here, and on the GPU machine the suite installs them from there into a temporary folder at
@@ -43,21 +44,25 @@ DEEPSPEED_NEEDS = ("hjson==3.1.0", "pydantic==2.14.4", "pydantic-core==2.50.5", 
 
 # sizes: GPU, and --dry-run's toy CPU ones
 SIZES = {
-    "gpu": {"mfu": dict(batches=[1024], chunk=512, query_len=32, passage_len=128, steps=3),
-            "ceiling": dict(batches=[65536, 262144], chunk=1024, query_len=16, passage_len=32, tile=4096),
-            "zero": dict(batch=4096, chunks=8, hidden=384, layers=6, steps=3, warmup=1,
-                         arms=["ddp+gradcache", "zero1+gradcache", "zero2+gradcache", "zero3+gradcache"])},
+    "gpu": {"mfu": {"batches": [1024], "chunk": 512, "query_len": 32, "passage_len": 128, "steps": 3},
+            "ceiling": {"batches": [65536, 262144], "chunk": 1024, "query_len": 16, "passage_len": 32, "tile": 4096},
+            "zero": {"batch": 4096, "chunks": 8, "hidden": 384, "layers": 6, "steps": 3, "warmup": 1,
+                     "arms": ["ddp+gradcache", "zero1+gradcache", "zero2+gradcache", "zero3+gradcache"]},
+            "lora": {"shape": "gemma2-9b", "batch": 256, "chunk": 32, "query_len": 32, "passage_len": 128,
+                     "rank": 16, "steps": 1}},
     # one process per configuration, as on the GPU, but fewer of them (ZeRO-1/2 differ from ZeRO-3 in config only)
-    "dry": {"mfu": dict(batches=[32], chunk=16, query_len=8, passage_len=16, steps=1),
-            "ceiling": dict(batches=[1024], chunk=256, query_len=8, passage_len=8, tile=128),
-            "zero": dict(batch=16, chunks=4, hidden=64, layers=1, steps=1, warmup=1,
-                         arms=["ddp+gradcache", "zero3+gradcache"])},
+    "dry": {"mfu": {"batches": [32], "chunk": 16, "query_len": 8, "passage_len": 16, "steps": 1},
+            "ceiling": {"batches": [1024], "chunk": 256, "query_len": 8, "passage_len": 8, "tile": 128},
+            "zero": {"batch": 16, "chunks": 4, "hidden": 64, "layers": 1, "steps": 1, "warmup": 1,
+                     "arms": ["ddp+gradcache", "zero3+gradcache"]},
+            "lora": {"shape": "tiny", "batch": 16, "chunk": 8, "query_len": 8, "passage_len": 16, "rank": 8,
+                     "steps": 1}},
 }
 
 
 def run(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     """A benchmark subprocess from the repository root; raises with its output's tail when it fails."""
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(timeout, 1),
+    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=max(timeout, 1),
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[2:5])} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
@@ -102,7 +107,7 @@ def part_mfu(args, sizes: dict, seconds: float):
     results, rows = [], []
     for i, (name, extra, chunk) in enumerate(runs):
         timeout = (seconds - (time.monotonic() - args.part_start)) / (len(runs) - i)
-        results.append({"setup": name, **attempt(lambda: bench_memory(
+        results.append({"setup": name, **attempt(lambda chunk=chunk, extra=extra, timeout=timeout: bench_memory(
             args, sizes, sizes["batches"][0], chunk, ["--steps", str(sizes["steps"]), *extra], timeout),
             {"batch": sizes["batches"][0], "chunk": chunk})})
     for r in results:
@@ -119,8 +124,8 @@ def part_mfu(args, sizes: dict, seconds: float):
             mfu = f"{best['mfu']:.1%}" if best.get("mfu") else "n/a (CPU)"
             rows.append(f"| **best: {best['setup']}** | {mode} | {best['pairs_per_s']:.0f} | "
                         f"{best['tokens_per_s']:.0f} | {mfu} |")
-    table = [f"Batch {sizes['batches'][0]} pairs, query {sizes['query_len']} + passage {sizes['passage_len']} tokens, "
-             f"GradCache chunk {sizes['chunk']}.", "", "| attention | step | pairs/s | tokens/s | MFU |",
+    table = [(f"Batch {sizes['batches'][0]} pairs, query {sizes['query_len']} + passage {sizes['passage_len']} "
+              f"tokens, GradCache chunk {sizes['chunk']}."), "", "| attention | step | pairs/s | tokens/s | MFU |",
              "|---|---|---|---|---|", *rows, "",
              "Unpadding: not available (BiEncoder has no padding-free path; these batches have no padding)."]
     return results, table
@@ -130,7 +135,7 @@ def part_ceiling(args, sizes: dict, seconds: float):
     results = []
     for i, batch in enumerate(sizes["batches"]):  # one at a time: a failure at 262,144 keeps 65,536's result
         timeout = (seconds - (time.monotonic() - args.part_start)) / (len(sizes["batches"]) - i)
-        results.append(attempt(lambda: bench_memory(args, sizes, batch, sizes["chunk"], [
+        results.append(attempt(lambda batch=batch, timeout=timeout: bench_memory(args, sizes, batch, sizes["chunk"], [
             "--loss-tile", str(sizes["tile"]), "--steps", "0"], timeout), {"batch": batch}))
     mem = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     table = [f"Query {sizes['query_len']} + passage {sizes['passage_len']} tokens; one step (warm-up included).", "",
@@ -161,7 +166,7 @@ def part_zero(args, sizes: dict, seconds: float):
                                batch_size=sizes["batch"], query_len=32 if args.device == "cuda" else 8,
                                passage_len=128 if args.device == "cuda" else 8, hidden=sizes["hidden"],
                                layers=sizes["layers"], vocab=30522, steps=sizes["steps"],
-                               warmup_steps=sizes["warmup"], load="")
+                               warmup_steps=sizes["warmup"], rounds=1, load="")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, arm in enumerate(sizes["arms"]):
@@ -178,10 +183,35 @@ def part_zero(args, sizes: dict, seconds: float):
     return results, table
 
 
+def part_lora(args, sizes: dict, seconds: float):
+    cmd = [sys.executable, "-m", "benchmarks.bench_lora_big", "--device", args.device,
+           *[x for k in ("shape", "rank", "batch", "chunk", "steps") for x in (f"--{k}", str(sizes[k]))],
+           "--query-len", str(sizes["query_len"]), "--passage-len", str(sizes["passage_len"])]
+
+    def measure() -> dict:
+        proc = run(cmd, seconds - (time.monotonic() - args.part_start))
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+        return json.loads(line[len("RESULT "):])
+
+    r = attempt(measure, {"shape": sizes["shape"], "batch": sizes["batch"]})
+    mem = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
+    table = [(f"Random-weight Gemma2 ({sizes['shape']} shape), LoRA rank {sizes['rank']} on the decoder targets, "
+              f"gradient checkpointing; batch {sizes['batch']} pairs, GradCache chunk {sizes['chunk']}, query "
+              f"{sizes['query_len']} + passage {sizes['passage_len']} tokens."), "",
+             f"| trained / frozen parameters | attention | pairs/s | s/step | {mem} (MiB) |", "|---|---|---|---|---|"]
+    if "error" in r:
+        table.append(f"| failed: {r['error'][-200:]} | | | | |")
+    else:
+        table.append(f"| {r['trained_parameters']:,} / {r['frozen_parameters']:,} | {r['attention']} | "
+                     f"{r['pairs_per_s']:.1f} | {r['seconds_per_step']:.2f} | {r['peak_bytes'] / 2**20:.0f} |")
+    return [r], table
+
+
 PARTS = {  # name: (function, share of the time budget)
-    "mfu": (part_mfu, 0.35),
-    "ceiling": (part_ceiling, 0.30),
-    "zero": (part_zero, 0.35),
+    "mfu": (part_mfu, 0.30),
+    "ceiling": (part_ceiling, 0.25),
+    "zero": (part_zero, 0.25),
+    "lora": (part_lora, 0.20),
 }
 
 

@@ -1,7 +1,8 @@
 """The judge-accuracy curve: how accurate must a triplet judge be for ClusterLLM-style fine-tuning to help?
 
-    python -m benchmarks.llm_triplets_curve            # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
-    python -m benchmarks.llm_triplets_curve --num-triplets 20000 --seeds 0 1 2 3 4 --train-args "--batch-size 64 --epochs 2"   # on a GPU
+    python -m benchmarks.llm_triplets_curve  # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
+    python -m benchmarks.llm_triplets_curve --num-triplets 20000 --seeds 0 1 2 3 4 \\
+        --train-args "--batch-size 64 --epochs 2"  # on a GPU
 
 Embeds --input once with --model, scores the base model once on --eval-file, then for every seed samples
 --num-triplets entropy-ranked triplets (and, for the baseline, random-anchor triplets), has them judged by the noisy
@@ -23,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cluster_triplets import loop
-from data.cluster_triplets.convert import training_rows, write_rows
-from data.cluster_triplets.judges import DEFAULT_TEMPLATE, NoisyOracle
-from data.cluster_triplets.judging import judge_triplets
-from data.cluster_triplets.sampling import sample_triplets
-from data.cluster_triplets.texts import read_clustering_texts
+from pipelines.cluster_triplets import finetune_and_score
+from pipelines.cluster_triplets.convert import training_rows, write_rows
+from pipelines.cluster_triplets.judges import DEFAULT_TEMPLATE, NoisyOracle
+from pipelines.cluster_triplets.run_judge import judge_triplets
+from pipelines.cluster_triplets.sampling import sample_triplets
+from pipelines.cluster_triplets.texts import read_clustering_texts
 
-BANKING77 = loop.REPO.parent / "shared" / "data" / "classification" / "banking77"
+BANKING77 = finetune_and_score.REPO.parent / "shared" / "data" / "classification" / "banking77"
 
 
 def parse_args(argv=None):
@@ -44,9 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--agreements", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6])
     p.add_argument("--random-anchor-agreements", type=float, nargs="*", default=[1.0])
     p.add_argument("--train-args", default="--batch-size 16 --lr 5e-5",
-                   help="train.py flags added to loop.DEFAULT_TRAIN_ARGS (later flags win)")
+                   help="train.py flags added to finetune_and_score.DEFAULT_TRAIN_ARGS (later flags win)")
     p.add_argument("--output-dir", default="outputs/llm-triplets-curve")
-    p.add_argument("--report-prefix", default=str(loop.REPO / "benchmarks" / "llm_triplets_curve"))
+    p.add_argument("--report-prefix", default=str(finetune_and_score.REPO / "benchmarks" / "llm_triplets_curve"))
     p.add_argument("--report-only", action="store_true",
                    help="write the table and plot from OUTPUT_DIR/results.json as it is (e.g. of a stopped run)")
     return p.parse_args(argv)
@@ -74,7 +75,7 @@ def cached_embeddings(model: str, path: str, texts: list[str], out: Path) -> np.
     file = out / f"embeddings-{digest}.npy"
     if file.is_file():
         return np.load(file)
-    emb = loop.embed_texts(model, texts)
+    emb = finetune_and_score.embed_texts(model, texts)
     out.mkdir(parents=True, exist_ok=True)
     np.save(file, emb)
     return emb
@@ -97,10 +98,11 @@ def main(argv=None):
     emb = cached_embeddings(args.model, args.input, data.texts, out)
     print(f"embedded {len(data.texts)} texts in {time.time() - t0:.0f}s", flush=True)
 
-    loop.run_once(loop.evaluate_command(args.model, args.eval_file, out / "eval-base"), out / "eval-base.done.json",
-                  out / "eval-base.log", run_in_process)
-    results = {"settings": {**vars(args), "k": k, "train_args": list(loop.DEFAULT_TRAIN_ARGS) + shlex.split(args.train_args)},
-               "base": loop.read_scores(out / "eval-base"), "runs": []}
+    finetune_and_score.run_once(finetune_and_score.evaluate_command(args.model, args.eval_file, out / "eval-base"),
+                                out / "eval-base.done.json", out / "eval-base.log", run_in_process)
+    results = {"settings": {**vars(args), "k": k,
+                            "train_args": list(finetune_and_score.DEFAULT_TRAIN_ARGS) + shlex.split(args.train_args)},
+               "base": finetune_and_score.read_scores(out / "eval-base"), "runs": []}
     arms = [("entropy", a) for a in args.agreements] + [("random", a) for a in args.random_anchor_agreements]
     # the ends of the curve and the baseline first, every seed of an arm together: a run stopped part-way has
     # whole rows (all seeds) for the arms it finished
@@ -116,12 +118,13 @@ def main(argv=None):
                                             data.texts, DEFAULT_TEMPLATE, labels=data.labels, progress=False)
         rows = training_rows(judgements, data.texts)
         write_rows(arm / "triplets.jsonl", rows)
-        loop.run_once(loop.train_command(args.model, arm / "triplets.jsonl", arm / "model", seed,
-                                         shlex.split(args.train_args)), arm / "train.done.json", arm / "train.log",
-                      run_in_process)
-        loop.run_once(loop.evaluate_command(str(arm / "model"), args.eval_file, arm / "eval"),
-                      arm / "eval.done.json", arm / "eval.log", run_in_process)
-        scores = loop.read_scores(arm / "eval")
+        finetune_and_score.run_once(finetune_and_score.train_command(args.model, arm / "triplets.jsonl", arm / "model",
+                                                                     seed, shlex.split(args.train_args)),
+                                    arm / "train.done.json", arm / "train.log", run_in_process)
+        finetune_and_score.run_once(finetune_and_score.evaluate_command(str(arm / "model"), args.eval_file,
+                                                                        arm / "eval"),
+                                    arm / "eval.done.json", arm / "eval.log", run_in_process)
+        scores = finetune_and_score.read_scores(arm / "eval")
         results["runs"].append({"anchors": rule, "agreement": agreement, "seed": seed, "rows": len(rows),
                                 "measured_agreement": report.agreement, "gold": dict(report.gold), **scores})
         print(f"{name}: {len(rows)} rows, judge agreement {report.agreement:.3f}, "
@@ -139,7 +142,7 @@ def summarise(results: dict) -> list[dict]:
         runs = [r for r in results["runs"] if r["anchors"] == rule and r["agreement"] == agreement]
         line = {"anchors": rule, "agreement": agreement, "seeds": len(runs),
                 "rows": float(np.mean([r["rows"] for r in runs]))}
-        for key, _ in loop.SCORES:
+        for key, _ in finetune_and_score.SCORES:
             values = 100 * np.array([r[key] for r in runs])
             line[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
         lines.append(line)
@@ -151,9 +154,11 @@ def write_report(results: dict, prefix: Path) -> None:
     lines = summarise(results)
     table = ["| triplets (anchors) | judge agreement | seeds | training rows | ACC | NMI | V-measure |",
              "|---|---:|---:|---:|---:|---:|---:|",
-             "| — (base model) | — | — | — | " + " | ".join(f"{100 * base[k]:.2f}" for k, _ in loop.SCORES) + " |"]
+             "| — (base model) | — | — | — | "
+             + " | ".join(f"{100 * base[k]:.2f}" for k, _ in finetune_and_score.SCORES) + " |"]
     for line in lines:
-        cells = [f"{m:.2f} ± {s:.2f} ({m - 100 * base[k]:+.2f})" for k, _ in loop.SCORES for m, s in [line[k]]]
+        cells = [f"{m:.2f} ± {s:.2f} ({m - 100 * base[k]:+.2f})"
+                 for k, _ in finetune_and_score.SCORES for m, s in [line[k]]]
         table.append(f"| {line['anchors']} | {100 * line['agreement']:.0f}% | {line['seeds']} | {line['rows']:.0f} | "
                      + " | ".join(cells) + " |")
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +171,7 @@ def write_report(results: dict, prefix: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, (key, label) in zip(axes, loop.SCORES[:2]):
+    for ax, (key, label) in zip(axes, finetune_and_score.SCORES[:2]):
         ent = [line for line in lines if line["anchors"] == "entropy"]
         x = [100 * line["agreement"] for line in ent]
         ax.errorbar(x, [line[key][0] for line in ent], yerr=[line[key][1] for line in ent], marker="o", capsize=3,
@@ -182,7 +187,8 @@ def write_report(results: dict, prefix: Path) -> None:
     axes[0].legend(fontsize=8)
     s = results["settings"]
     model = Path(s["model"])
-    fig.suptitle(f"{model.parent.name if model.name == 'model' else model.name} on {Path(s['eval_file']).parent.name}: {s['num_triplets']} triplets, "
+    fig.suptitle(f"{model.parent.name if model.name == 'model' else model.name} on {Path(s['eval_file']).parent.name}: "
+                 f"{s['num_triplets']} triplets, "
                  f"mean ± std over {len(s['seeds'])} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(prefix.with_suffix(".png"), dpi=120)

@@ -6,49 +6,32 @@ Formats (detected from the extension and the columns / keys):
 - NLI TSV/JSONL `sentence1, sentence2, gold_label`: labelled pairs for the `softmax` loss, or turned into
   (premise, entailment, contradiction) groups for the contrastive losses;
 - scored pairs TSV/JSONL `sentence1, sentence2, score` (e.g. STS): labelled pairs for the `cosine` loss;
-- a local `datasets` folder (`save_to_disk` output or a folder of data files) or a Hub dataset id, whose
-  rows follow any of the layouts above.
+- Parquet / Arrow files (rows numbered from 1 in place of lines);
+- a folder of such files: every data file in it (subfolders too, sorted by path) is read by its own reader, rows
+  named `folder/file.jsonl:line`, all one source; files may differ in columns, not in row format;
+- a `datasets` folder (`save_to_disk` output) or a Hub dataset id, read by `datasets`; their rows follow any of
+  the layouts above and are named `path:row`.
 Bad rows stop the run with `DataError("file:line: field ...: problem")`; with `skip_bad_rows` they are
 counted and reported instead, never dropped silently.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from data.tables import DataError, iter_table, table_format
+from data.row_kind import RowKind
+from data.rows import Example  # noqa: F401  (declared in data/rows.py; callers import it from here too)
+from data.tables import DataError, OptionError, file_format, iter_rows, suffixes
 
 FLOAT32_MAX = 3.4028234663852886e38  # teacher scores become float32 tensors
 
 # NLI gold labels -> class ids of the 3-way softmax loss (evaluation's pair classification maps them differently:
 # evaluation/task_files.py NLI_IS_POSITIVE).
 NLI_CLASS_IDS = {"entailment": 0, "neutral": 1, "contradiction": 2}
-
-
-@dataclass
-class Example:
-    query: str
-    pos: list[str]
-    neg: list[str] = field(default_factory=list)
-    pos_scores: list[float] | None = None
-    neg_scores: list[float] | None = None
-    prompt: str | None = None
-    label: float | int | None = None  # NLI class id (softmax loss) or a 0-1 similarity (cosine loss)
-    source: str = ""  # "file:line", for messages
-    file_index: int = 0  # position of its training file in --train-data (same-file batches, per-file weights)
-
-
-def examples_digest(examples: list[Example]) -> str:
-    """16 hex digits of SHA-256 over every example's content and file, in order (a resumed run checks it)."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.query, ex.pos, ex.neg, ex.pos_scores, ex.neg_scores, ex.prompt, ex.label, ex.file_index],
-                            ensure_ascii=False).encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -75,10 +58,11 @@ def hub_offline() -> bool:
 
 
 def check_data_path(path: str) -> None:
-    """DataError unless `path` is a file, a folder, or (while online) something that can be a Hub dataset id."""
+    """DataError unless `path` is a file, a folder we can read (`folder_files`), or (while online) something that can
+    be a Hub dataset id."""
     if os.path.exists(path):
-        if os.path.isdir(path):
-            _folder_data_files(path)
+        if os.path.isdir(path) and not is_saved_dataset(path):
+            folder_files(path)
         return
     if not looks_like_hub_id(path):
         raise DataError(f"{path}: file not found")
@@ -87,41 +71,97 @@ def check_data_path(path: str) -> None:
                         "cannot be a Hub dataset; pass a local path")
 
 
-def _folder_data_files(path: str) -> None:
-    """A plain folder is read by `datasets` with one reader, chosen from its files' extensions: refuse a folder
-    whose data files have more than one format, which would silently leave the others out."""
-    if any(os.path.exists(os.path.join(path, marker)) for marker in SAVED_DATASET_MARKERS):
-        return
-    formats: dict[str, list[str]] = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            kind = DATA_FILE_FORMATS.get(os.path.splitext(name)[1].lower())
-            if kind:
-                formats.setdefault(kind, []).append(os.path.relpath(os.path.join(root, name), path))
-    if len(formats) > 1:
-        listed = "; ".join(f"{kind}: {', '.join(sorted(files)[:3])}{' ...' if len(files) > 3 else ''}"
-                           for kind, files in sorted(formats.items()))
-        raise DataError(f"{path}: the folder holds data files of {len(formats)} formats ({listed}); only one "
-                        "would be read. Keep one format per folder, or pass the files as separate --train-data")
+def check_data_paths(paths: list[str]) -> None:
+    """`check_data_path` for each, and DataError when two name the same data: the same path twice, two paths of one
+    file (a link, `./a` and `a`), or a file inside a folder that is also given (read whole)."""
+    for path in paths:
+        check_data_path(path)
+    real = [os.path.realpath(p) if os.path.exists(p) else p for p in paths]
+    for j in range(len(paths)):
+        for i in range(j):
+            if real[i] == real[j]:
+                kind = "folder" if os.path.isdir(real[i]) else "file"
+                same = "given twice" if paths[i] == paths[j] else f"the same {kind} as {paths[i]}"
+                raise DataError(f"{paths[j]}: {same}; give each training source once (it would be read twice)")
+            for inner, outer in ((i, j), (j, i)):
+                if os.path.isdir(real[outer]) and real[inner].startswith(real[outer].rstrip(os.sep) + os.sep):
+                    raise DataError(f"{paths[inner]}: lies inside the folder {paths[outer]}, which is also given and "
+                                    "read whole; give one or the other (its rows would be read twice)")
 
 
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-DATA_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".tsv": "csv/tsv", ".csv": "csv/tsv", ".txt": "text",
-                     ".parquet": "parquet", ".arrow": "arrow"}
+DATA_FILE_SUFFIXES = tuple(suffixes())  # data/tables.py FILE_FORMATS
+HELD_OUT_WORDS = {"test", "testing", "dev", "val", "valid", "validation", "eval", "evaluation", "heldout"}
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A `datasets` folder (`save_to_disk`): read by `datasets`, not file by file."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS)
+
+
+def _is_documentation(name: str) -> bool:
+    """A dataset card or licence beside the data (README.md, LICENSE): not a data file, skipped."""
+    return name.lower().endswith((".md", ".rst")) or name.upper().startswith(("LICENSE", "LICENCE", "COPYING",
+                                                                               "NOTICE"))
+
+
+def folder_files(path: str) -> list[str]:
+    """The data files of a plain folder (not `save_to_disk`), sorted by path, subfolders included; hidden entries
+    and documentation are skipped. Each is read by its own reader (`iter_raw_rows`). DataError naming the folder
+    when it holds no data file, a file no reader here reads (e.g. a loading script), or a file named like a held-out
+    split (`test.jsonl`, `dev/`: training reads every file of a folder)."""
+    files, unreadable, seen = [], [], set()
+    for root, dirs, names in os.walk(path, followlinks=True):
+        if os.path.realpath(root) in seen:  # a link back to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(root))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if name.startswith(".") or _is_documentation(name):
+                continue
+            file = os.path.join(root, name)
+            (files if name.lower().endswith(DATA_FILE_SUFFIXES) else unreadable).append(file)
+    if unreadable:
+        raise DataError(f"{path}: holds files that are not training data this code reads: "
+                        f"{_listed(path, unreadable)}; a folder may hold only {', '.join(DATA_FILE_SUFFIXES)} "
+                        "files (each read as one part of this source); move the others out")
+    if not files:
+        raise DataError(f"{path}: the folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)})")
+    held_out = [f for f in files if HELD_OUT_WORDS & set(re.split(r"[^a-z]+", os.path.relpath(f, path).lower()))]
+    if held_out:
+        raise DataError(f"{path}: holds {_listed(path, held_out)}, named like a held-out split; every file of a "
+                        "folder is training data, so move it out (or give the training files themselves)")
+    return sorted(files)
+
+
+def _listed(folder: str, files: list[str], most: int = 5) -> str:
+    names = sorted(os.path.relpath(f, folder) for f in files)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def iter_raw_rows(path: str):
-    """Yield (line_number, dict) from a JSONL / TSV / CSV file (data/tables.py), a datasets folder or a Hub dataset id."""
+    """Yield ("file:line", dict) for every row of a JSONL / TSV / CSV / Parquet / Arrow file (data/tables.py), of every
+    data file of a plain folder in turn (`folder_files`; named `folder/sub/file.jsonl:line`), or of a `datasets`
+    folder or Hub dataset id (named `path:row`)."""
     check_data_path(path)
-    if os.path.isdir(path) or not os.path.exists(path):
+    if os.path.isdir(path) and not is_saved_dataset(path):
+        for file in folder_files(path):
+            yield from _iter_file(file)
+    elif os.path.isdir(path) or not os.path.exists(path):
         yield from _iter_dataset(path)
-        return
+    else:
+        yield from _iter_file(path)
+
+
+def _iter_file(path: str):
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
-    if table_format(path) is None:
-        raise DataError(f"{path}: unknown file type {os.path.splitext(path)[1].lower()!r} (use .jsonl, .tsv or .csv, "
-                        "or a datasets folder)")
-    yield from iter_table(path)
+    if file_format(path) is None:
+        raise DataError(f"{path}: unknown file type {os.path.splitext(path)[1].lower()!r} (use "
+                        f"{', '.join(DATA_FILE_SUFFIXES)}, or a datasets folder)")
+    for n, row in iter_rows(path):
+        yield f"{path}:{n}", row
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -129,18 +169,28 @@ def looks_like_hub_id(path: str) -> bool:
 
 
 def _iter_dataset(path: str):
+    """Rows of a `save_to_disk` folder or a Hub dataset id, read by `datasets`; its errors name the path."""
     import datasets
 
-    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS):
-        ds = datasets.load_from_disk(path)
-    else:
-        ds = datasets.load_dataset(path)
+    what = "a datasets folder (save_to_disk)" if os.path.isdir(path) else "a Hub dataset"
+    try:
+        ds = datasets.load_from_disk(path) if os.path.isdir(path) else datasets.load_dataset(path)
+    except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+        raise DataError(f"{path}: cannot read it as {what} ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
             raise DataError(f"{path}: dataset has splits {list(ds)} but no 'train' split")
         ds = ds["train"]
-    for n, row in enumerate(ds, start=1):
-        yield n, dict(row)
+    rows, n = iter(ds), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise DataError(f"{path}:{n + 1}: cannot read the row from {what} ({type(e).__name__}: {e})") from None
+        n += 1
+        yield f"{path}:{n}", dict(row)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -162,7 +212,8 @@ def _text_list(row, key, where, required):
             raise DataError(f"{where}: field '{key}' is missing")
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise DataError(f"{where}: field '{key}' must be a list of non-empty strings, got {json.dumps(value, ensure_ascii=False)[:80]}")
+        raise DataError(f"{where}: field '{key}' must be a list of non-empty strings, "
+                        f"got {json.dumps(value, ensure_ascii=False)[:80]}")
     if required and not value:
         raise DataError(f"{where}: field '{key}' is an empty list")
     return value
@@ -183,7 +234,7 @@ def _score_list(row, key, length, texts_key, where):
     return [float(v) for v in value]
 
 
-def _row_kind(row: dict, where: str) -> str:
+def _row_format(row: dict, where: str) -> str:
     if "query" in row:
         return "group"
     if "anchor" in row:
@@ -201,7 +252,7 @@ def _row_kind(row: dict, where: str) -> str:
 
 def parse_row(row: dict, where: str, score_max: float = 5.0):
     """One raw row -> ("group", Example) | ("nli", Example with label) | ("scored", Example with 0-1 label)."""
-    kind = _row_kind(row, where)
+    kind = _row_format(row, where)
     if kind == "group":
         query = _text(row, "query", where)
         pos = _text_list(row, "pos", where, required=True)
@@ -226,7 +277,8 @@ def parse_row(row: dict, where: str, score_max: float = 5.0):
         raise DataError(f"{where}: field 'score' must be a number, got {raw!r}") from None
     label = score / score_max
     if not 0.0 <= label <= 1.0:
-        raise DataError(f"{where}: field 'score' {score} is outside [0, {score_max}] (set --score-max)")
+        raise OptionError("score_max", f"{where}: field 'score' {score} is outside [0, {score_max}] "
+                                       "(set {score_max})")
     return "scored", Example(s1, [s2], label=label, source=where)
 
 
@@ -252,41 +304,37 @@ def nli_to_groups(pairs: list[Example], report: LoadReport) -> list[Example]:
     return groups
 
 
-def pair_kind_for(needs) -> str | None:
-    """The labelled-pair rows a loss's `needs` asks for ("nli" / "scored"), or None for query / passage groups."""
-    kinds = {"nli_label": "nli", "similarity_score": "scored"}
-    found = [kinds[f] for f in needs if f in kinds]
-    return found[0] if found else None
-
-
-def iter_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+def iter_examples(paths: list[str] | str, rows: RowKind = RowKind.GROUPS, score_max: float = 5.0,
                   skip_bad_rows: bool = False, report: LoadReport | None = None):
-    """Validated `Example`s of every file in order, streamed (data/prepared.py reads 100M+ rows through it).
+    """Validated `Example`s of every file in order, streamed (data/prepared/ reads 100M+ rows through it).
 
-    pair_kind=None (contrastive losses): rows must be groups (BGE / anchor-positive) or NLI (converted; an NLI file
-    is held in memory until its groups are formed). pair_kind="nli" (softmax loss) or "scored" (cosine loss): rows
-    must be labelled pairs of that kind. Skipped rows and notes go to `report`.
+    rows GROUPS / SCORED_GROUPS (contrastive losses, distillation): rows must be groups (BGE / anchor-positive) or
+    NLI (converted; an NLI file is held in memory until its groups are formed). NLI_PAIRS (softmax loss) or
+    SCORED_PAIRS (cosine loss): rows must be labelled pairs of that kind. Skipped rows and notes go to `report`.
     """
+    pair_kind = rows.pair_kind
     paths = [paths] if isinstance(paths, str) else list(paths)
+    check_data_paths(paths)
     report = report if report is not None else LoadReport()
     order = ("group", "nli", "scored")
     for file_index, path in enumerate(paths):
         kind, nli_pairs = None, []
-        for n, row in iter_raw_rows(path):
-            where = f"{path}:{n}"
+        for where, row in iter_raw_rows(path):
             try:
-                row_kind, ex = parse_row(row, where, score_max)
+                row_format, ex = parse_row(row, where, score_max)
             except DataError as e:
                 if not skip_bad_rows:
                     raise
                 report.skipped[str(e).split(": ", 1)[1]] += 1
                 continue
             if kind is None:
-                kind = row_kind
+                kind, first = row_format, where
                 _check_kind(path, kind, pair_kind)
-            elif row_kind != kind:
-                found = sorted({kind, row_kind}, key=order.index)
-                raise DataError(f"{path}: mixes row formats {found}; use one format per file")
+            elif row_format != kind:
+                found = sorted({kind, row_format}, key=order.index)
+                one = "folder (one source: one format across its files)" if os.path.isdir(path) else "file"
+                raise DataError(f"{path}: mixes row formats {found} ({kind} at {first}, {row_format} at {where}); use "
+                                f"one format per {one}")
             ex.file_index = file_index
             report.rows += 1
             if kind == "nli" and not pair_kind:
@@ -306,11 +354,11 @@ def _check_kind(path: str, kind: str, pair_kind: str | None) -> None:
             raise DataError(f"{path}: this loss trains on labelled pairs ({need}); the file holds {kind} rows")
     elif kind == "scored":
         raise DataError(f"{path}: contrastive losses need query/positive data; the file holds scored pairs "
-                        "(train it with --loss cosine)")
+                        "(sentence1, sentence2, score), which the cosine loss trains on")
 
 
-def load_examples(paths: list[str] | str, pair_kind: str | None = None, score_max: float = 5.0,
+def load_examples(paths: list[str] | str, rows: RowKind = RowKind.GROUPS, score_max: float = 5.0,
                   skip_bad_rows: bool = False) -> tuple[list[Example], LoadReport]:
     """Read and validate every row of every file before training starts (`iter_examples`, as a list)."""
     report = LoadReport()
-    return list(iter_examples(paths, pair_kind, score_max, skip_bad_rows, report)), report
+    return list(iter_examples(paths, rows, score_max, skip_bad_rows, report)), report

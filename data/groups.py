@@ -4,7 +4,7 @@ Item i of epoch e is drawn from a generator seeded by (seed, epoch, i) alone, so
 exactly after a restart without replaying the ones before it (the resume path relies on this).
 
 `GroupedDataset` holds `Example`s (raw files); `PreparedGroupedDataset` reads rows by index from a memory-mapped
-prepared corpus (data/prepared.py), so DataLoader workers read only the rows of their batches. Both draw the
+prepared corpus (data/prepared/), so DataLoader workers read only the rows of their batches. Both draw the
 positive and the hard negatives the same way. They differ only for rows with fewer hard negatives than the group
 needs: GroupedDataset draws the missing ones from the sorted set of every passage text in the data, which a corpus
 of 100M rows cannot hold, so PreparedGroupedDataset draws a random passage of a random row instead.
@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 from torch.utils.data import Dataset
 
-from data.examples import DataError, Example
+from data.row_kind import RowKind
+from data.rows import ITEM_FIELDS, Example, check_teacher_scores, example_from_stored, scored_flags
+from data.tables import DataError
 
 RANDOM_NEGATIVE_TRIES = 100  # × negatives needed: draws before a prepared corpus is declared too small
 
 
 class _Groups(Dataset):
-    def __init__(self, group_size: int, seed: int, needs_scores: bool):
+    def __init__(self, group_size: int, seed: int, rows: RowKind):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        self.group_size, self.seed, self.epoch, self.needs_scores = group_size, seed, 0, needs_scores
+        self.group_size, self.seed, self.epoch, self.rows = group_size, seed, 0, rows
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -44,30 +47,28 @@ class _Groups(Dataset):
             if scores is not None and ex.neg_scores is not None:
                 scores += [ex.neg_scores[j] for j in picked]
             passages += self._random_negatives(rng, ex, want - len(picked))
-        return {"query": ex.query, "prompt": ex.prompt, "passages": passages,
-                "teacher_scores": scores if self.needs_scores else None, "label": ex.label, "index": i}
+        # the row's other content fields (query, prompt, label, ...) as they are: data/rows.py ITEM_FIELDS
+        return {**{f: getattr(ex, f) for f in ITEM_FIELDS}, "passages": passages,
+                "teacher_scores": scores if self.rows.needs_scores else None, "index": i}
 
     def _random_negatives(self, rng: random.Random, ex: Example, k: int) -> list[str]:
         raise NotImplementedError
 
 
 class GroupedDataset(_Groups):
-    """examples -> dicts {query, prompt, passages: [G texts, positive first], teacher_scores: [G] | None, label,
-    index}."""
+    """examples -> dicts {query, prompt, label (ITEM_FIELDS), passages: [G texts, positive first], teacher_scores:
+    [G] | None, index}. rows: what the loss trains on (SCORED_GROUPS: every row must carry teacher scores)."""
 
-    def __init__(self, examples: list[Example], group_size: int = 8, seed: int = 42, needs_scores: bool = False):
-        super().__init__(group_size, seed, needs_scores)
+    def __init__(self, examples: list[Example], group_size: int = 8, seed: int = 42,
+                 rows: RowKind = RowKind.GROUPS):
+        super().__init__(group_size, seed, rows)
         if not examples:
             raise DataError("no training examples")
         self.examples = examples
-        if needs_scores:
-            for ex in examples:
-                if ex.pos_scores is None or (group_size > 1 and ex.neg_scores is None):
-                    raise DataError(f"{ex.source}: field 'pos_scores'/'neg_scores' missing; the distill loss "
-                                    "needs teacher scores on every row (scripts/score_with_teacher.py adds them)")
-                if len(ex.neg) < group_size - 1:
-                    raise DataError(f"{ex.source}: field 'neg' has {len(ex.neg)} scored negatives; distillation "
-                                    f"with --group-size {group_size} needs {group_size - 1} per row")
+        if rows.needs_scores:
+            check_teacher_scores(np.fromiter(map(scored_flags, examples), np.uint8, len(examples)),
+                                 np.fromiter((len(ex.neg) for ex in examples), np.int64, len(examples)),
+                                 group_size, lambda i: examples[i].source)
         # Pool for random negatives when a row has too few of its own: every passage text in the data.
         self._pool = sorted({t for ex in examples for t in ex.pos + ex.neg})
 
@@ -96,11 +97,10 @@ class PreparedGroupedDataset(_Groups):
     """The same items from a PreparedCorpus, row by row (memory-mapped; nothing per row is held in memory).
     With a pretokenized corpus, items also carry `query_ids` / `passage_ids` and the collator skips tokenising."""
 
-    def __init__(self, corpus, group_size: int = 8, seed: int = 42, needs_scores: bool = False,
-                 label_kind: str | None = None):
-        super().__init__(group_size, seed, needs_scores)
-        corpus.check_rows(group_size, needs_scores)
-        self.corpus, self.label_kind = corpus, label_kind
+    def __init__(self, corpus, group_size: int = 8, seed: int = 42, rows: RowKind = RowKind.GROUPS):
+        super().__init__(group_size, seed, rows)
+        corpus.check_rows(group_size, rows)
+        self.corpus = corpus
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -110,11 +110,7 @@ class PreparedGroupedDataset(_Groups):
 
     def example(self, i: int) -> Example:
         r = self._row(i)
-        label = r["label"]
-        if label is not None and self.label_kind == "nli":
-            label = int(label)
-        return Example(r["query"], r["pos"], r["neg"], r["pos_scores"], r["neg_scores"], r["prompt"], label,
-                       source=f"{self.corpus.source_names[r['source']]}:{r['line']}", file_index=r["source"])
+        return example_from_stored(r, self.rows, source=self.corpus.location(r), file_index=r["source"])
 
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)

@@ -1,19 +1,21 @@
-"""What the batch planner (data/bucket_sampler.py) needs from the examples, computed once per run, per example:
+"""What the batch planner (data/batch_planner.py) needs from raw examples, computed once per run, per example:
 
-- length keys: (longest passage in tokens rounded up to 8, query tokens), the sort key of the length buckets;
-  `shared_length_keys` splits the tokenising across the processes of a distributed run;
-- text ids: 64-bit hashes of the query and positives and of the hard negatives (`bucket_sampler.TextIds`), so
-  duplicate texts can be kept out of a batch by comparing ints instead of strings;
-- the file index is `Example.file_index` (position of the example's file in --train-data).
+- length keys: (longest passage in tokens rounded up to 8, query tokens), the sort key of the length buckets
+  (data/length_buckets.py); `shared_length_keys` splits the tokenising across the processes of a distributed run;
+- text ids: 64-bit hashes of the query and positives and of the hard negatives (data/text_ids.py), so duplicate
+  texts can be kept out of a batch by comparing ints instead of strings;
+- the file index is `Example.file_index` (position of the example's training source).
 
-A prepared corpus (data/prepared.py) stores the same token lengths and hashes per row, computed by the same
-functions (`token_counts`, `text_hash`), so both paths feed the planner the same arrays.
+A prepared corpus (data/prepared/) stores the same token lengths and hashes per row, computed by the same
+functions (`token_counts`, `row_text_hashes`), so both paths feed the planner the same arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from data.bucket_sampler import TextIds, text_hash
+from data.length_buckets import passage_key
+from data.text_ids import TextIds, row_text_hashes
+from models.text_format import TextFormat
 
 
 def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
@@ -25,13 +27,9 @@ def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
     return [len(x) for x in ids]
 
 
-def passage_key(longest_passage: np.ndarray | int):
-    """The bucket key's first part: the longest passage in tokens, rounded up to the collator's multiple of 8."""
-    return -(-longest_passage // 8) * 8
-
-
 def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
-                passage_prompt: str = "", chunk: int = 1024, progress: bool = True) -> np.ndarray:
+                passage_prompt: str = "", chunk: int = 1024, progress: bool = True,
+                text_format: TextFormat | None = None) -> np.ndarray:
     """Per example [longest passage in tokens rounded up to a multiple of 8, query tokens]: the bucket sort key,
     as an [N, 2] int array.
 
@@ -41,17 +39,19 @@ def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, q
     that lumps together rows whose long side is the query with rows whose long side is a passage (measured in
     benchmarks/README.md). Lengths are what the collator will see: queries with their prompt (a row's own
     `prompt` wins) truncated to query_max_len, every positive and negative with passage_prompt truncated to
-    passage_max_len; tokenised in chunks of `chunk` examples by the fast tokenizer, without padding.
+    passage_max_len — or as `text_format` writes them (the instruction format); EOS included when the tokenizer
+    appends it; tokenised in chunks of `chunk` examples by the fast tokenizer, without padding.
     """
     from tqdm.auto import tqdm
 
+    fmt = text_format or TextFormat(query_prompt, passage_prompt)
     out = np.zeros((len(examples), 2), dtype=np.int64)
     for start in tqdm(range(0, len(examples), chunk), desc="token lengths", unit="chunk", disable=not progress,
                       total=-(-len(examples) // chunk)):
         part = examples[start:start + chunk]
-        q = token_counts(tokenizer, [(ex.prompt if ex.prompt is not None else query_prompt) + ex.query
-                                     for ex in part], query_max_len)
-        p = token_counts(tokenizer, [passage_prompt + t for ex in part for t in ex.pos + ex.neg], passage_max_len)
+        q = token_counts(tokenizer, [fmt.query(ex.query, ex.prompt) for ex in part], query_max_len)
+        p = token_counts(tokenizer, [fmt.passage(t, ex.prompt) for ex in part for t in ex.pos + ex.neg],
+                         passage_max_len)
         at = 0
         for j, (ex, q_len) in enumerate(zip(part, q)):
             n = len(ex.pos) + len(ex.neg)
@@ -62,7 +62,7 @@ def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, q
 
 def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
                        passage_prompt: str = "", rank: int = 0, world_size: int = 1,
-                       progress: bool = True) -> np.ndarray:
+                       progress: bool = True, text_format: TextFormat | None = None) -> np.ndarray:
     """`length_keys` of all examples on every process, each process tokenising only every world_size-th example
     (then all_gather_object): start-up tokenising is split W ways instead of repeated W times. Without a process
     group of that size (one process, or ranks simulated in one process) it computes all of them here."""
@@ -70,9 +70,9 @@ def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len:
 
     if world_size == 1 or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size):
         return length_keys(examples, tokenizer, query_max_len, passage_max_len, query_prompt, passage_prompt,
-                           progress=progress)
+                           progress=progress, text_format=text_format)
     mine = length_keys(examples[rank::world_size], tokenizer, query_max_len, passage_max_len, query_prompt,
-                       passage_prompt, progress=progress)
+                       passage_prompt, progress=progress, text_format=text_format)
     parts: list = [None] * world_size
     dist.all_gather_object(parts, mine)
     out = np.zeros((len(examples), 2), dtype=np.int64)
@@ -81,15 +81,8 @@ def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len:
     return out
 
 
-def row_text_hashes(query: str, pos: list[str], neg: list[str]) -> tuple[list[int], list[int]]:
-    """(hashes of the query and positives, hashes of the hard negatives that are not among them), each distinct."""
-    keys = list(dict.fromkeys([text_hash(query), *map(text_hash, pos)]))
-    own = set(keys)
-    return keys, [h for h in dict.fromkeys(map(text_hash, neg)) if h not in own]
-
-
 def text_ids(examples) -> TextIds:
     """Per example: 64-bit hashes of its query and positives, and of its hard negatives; equal strings, equal ids
-    (and, with probability ~2⁻⁶⁴ per pair, two different strings — see data/bucket_sampler.py)."""
+    (and, with probability ~2⁻⁶⁴ per pair, two different strings — see data/text_ids.py)."""
     rows = [row_text_hashes(ex.query, ex.pos, ex.neg) for ex in examples]
     return TextIds.from_lists([k for k, _ in rows], [n for _, n in rows])

@@ -1,5 +1,5 @@
 """The one reader of table files (JSONL, TSV, CSV), for training data (data/examples.py) and evaluation task files
-(evaluation/task_files.py).
+(evaluation/task_files.py), and of columnar files (Parquet, Arrow) for training data.
 
 - `.jsonl` (also `.json`): one JSON object per line; blank lines are skipped.
 - `.tsv` (also `.txt`): tab-separated with a header row, fields taken verbatim (QUOTE_NONE): STS/NLI sentences
@@ -10,6 +10,9 @@ Every file is decoded as UTF-8 with an optional byte-order mark (`utf-8-sig`), s
 spreadsheet program reads like any other. A line with no text is skipped; any other row must have as many
 fields as the header. Problems raise `TableError("path:line: problem")` naming the file and, where there is
 one, the line. The reader streams (a generator), so a caller can read files larger than memory.
+
+- `.parquet` / `.arrow` (an Arrow IPC stream, as `datasets` writes, or file): read with pyarrow, record batch by
+  record batch; a row's number (from 1) stands where a text file has its line.
 """
 from __future__ import annotations
 
@@ -19,14 +22,38 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-# Suffix -> format. Evaluation looks for task splits by the first three only (evaluation/task_files.py).
-TABLE_FORMATS = {".jsonl": "jsonl", ".tsv": "tsv", ".csv": "csv", ".json": "jsonl", ".txt": "tsv"}
+# Suffix -> format: the one map of the file types read here. Evaluation looks for task splits by the first three only
+# (evaluation/task_files.py); the columnar formats are for training data only (`iter_columnar`).
+FILE_FORMATS = {".jsonl": "jsonl", ".tsv": "tsv", ".csv": "csv", ".json": "jsonl", ".txt": "tsv",
+                ".parquet": "parquet", ".arrow": "arrow"}
+TABLE_KINDS, COLUMNAR_KINDS = ("jsonl", "tsv", "csv"), ("parquet", "arrow")
 # Some STS/NLI sentences are long; the csv module's default 128 KiB field limit is not a property of the data.
 FIELD_SIZE_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 class DataError(ValueError):
     """A data file or row that cannot be used; the message names the file, the line and the field."""
+
+
+class OptionError(DataError):
+    """An option given to data/ that cannot be used with this data. The message names options by their field
+    (`sampling_alpha`), never by a command-line flag: it is written with each field as `{field}`, and a command line
+    shows it with its own names, `error.text({"sampling_alpha": "--sampling-alpha"})`; str(error) = `text()`."""
+
+    def __init__(self, fields: str | tuple[str, ...], template: str):
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        self.field, self.template = self.fields[0], template
+        super().__init__(self.text())
+
+    def __reduce__(self):  # a DataLoader worker's error travels pickled
+        return type(self), (self.fields, self.template)
+
+    def text(self, names: dict[str, str] | None = None) -> str:
+        """The message with each field shown as names[field] (default: the field itself)."""
+        out = self.template
+        for f in self.fields:
+            out = out.replace("{" + f + "}", (names or {}).get(f, f))
+        return out
 
 
 class TableError(DataError):
@@ -37,9 +64,27 @@ class TableError(DataError):
         super().__init__(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
 
 
+def file_format(path: str | Path) -> str | None:
+    """The format of a file from its suffix (`FILE_FORMATS`); None for a suffix no reader here reads."""
+    return FILE_FORMATS.get(Path(path).suffix.lower())
+
+
 def table_format(path: str | Path) -> str | None:
     """"jsonl", "tsv" or "csv" from the file's suffix; None for any other suffix."""
-    return TABLE_FORMATS.get(Path(path).suffix.lower())
+    fmt = file_format(path)
+    return fmt if fmt in TABLE_KINDS else None
+
+
+def suffixes(kinds=TABLE_KINDS + COLUMNAR_KINDS) -> list[str]:
+    """The suffixes of the given formats, in `FILE_FORMATS` order (for messages and folder listings)."""
+    return [s for s, k in FILE_FORMATS.items() if k in kinds]
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line or row number, {column: value}) of a table or columnar file, by its suffix."""
+    if file_format(path) in COLUMNAR_KINDS:
+        return iter_columnar(path)
+    return iter_table(path)
 
 
 def iter_table(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -50,7 +95,7 @@ def iter_table(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     fmt = table_format(path)
     if fmt is None:
         raise TableError(path, f"unsupported file type {Path(path).suffix.lower()!r}; use one of "
-                               f"{', '.join(TABLE_FORMATS)}")
+                               f"{', '.join(suffixes(TABLE_KINDS))}")
     try:
         yield from _iter_jsonl(path) if fmt == "jsonl" else _iter_delimited(path, "\t" if fmt == "tsv" else ",")
     except UnicodeDecodeError:
@@ -102,6 +147,35 @@ def _iter_delimited(path: str | Path, delimiter: str):
                 raise TableError(path, f"expected {len(header)} {kind}-separated fields ({', '.join(header)}), "
                                        f"found {len(fields)}", reader.line_num)
             yield reader.line_num, dict(zip(header, fields))
+
+
+def iter_columnar(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (row number from 1, {column: value}) for every row of a .parquet or .arrow file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = file_format(path)
+    if kind not in COLUMNAR_KINDS:
+        raise TableError(path, f"unsupported file type {Path(path).suffix.lower()!r}; use one of "
+                               f"{', '.join(suffixes(COLUMNAR_KINDS))}")
+    n = 0
+    try:
+        if kind == "parquet":
+            batches = pq.ParquetFile(str(path)).iter_batches(batch_size=1000)
+        else:
+            try:
+                batches = iter(pa.ipc.open_stream(pa.memory_map(str(path))))
+            except pa.ArrowInvalid:  # not a stream: the random-access file format
+                reader = pa.ipc.open_file(pa.memory_map(str(path)))
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        for batch in batches:
+            batch.validate(full=True)  # offsets and UTF-8, before Python decodes the values
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except (pa.ArrowException, OSError) as err:
+        past = f" past row {n}" if n else ""
+        raise TableError(path, f"cannot read it as {kind}{past} ({type(err).__name__}: {err})") from None
 
 
 def _next_row(reader) -> list[str] | None:

@@ -7,4 +7,6 @@
 - `clustering_metrics` — Hungarian clustering accuracy and NMI, reported next to mteb's V-measure.
 - `summary`       — `summary.json` and the printed table, with deltas against a reference file.
 - `fast`          — STS Spearman without mteb's machinery, for train.py's periodic evaluation (--eval-sts).
+- `variants`      — truncated and quantized variants of one run, scored by mteb from one cached encode.
+- `quantization`  — int8 / binary codes, quantized search and float rescoring (sentence-transformers' conventions).
 """

@@ -110,10 +110,32 @@ def _score_of(result, split: str, metric: str) -> float | None:
     return None
 
 
+def add_variants(summary: dict[str, dict], variants: list[tuple[dict, list]]) -> None:
+    """Add "variants": [{variant fields..., "main_score", "retention"}] to each task's entry, from (fields naming the
+    variant, its mteb TaskResults) pairs (evaluation/variants.py); retention = score / the entry's main_score, the
+    full-width float32 score (None when that is 0). Scored on the entry's split, the mean over subsets as there."""
+    for fields, task_results in variants:
+        for result in task_results:
+            entry = summary[result.task_name]
+            score = float(result.get_score(splits=[entry["split"]]))
+            retention = score / entry["main_score"] if entry["main_score"] else None
+            entry.setdefault("variants", []).append({**fields, "main_score": score, "retention": retention})
+
+
+def variant_label(fields: dict) -> str:
+    """`256d int8`, `384d binary rescored ×4`."""
+    label = f"{fields['dim']}d {fields['precision']}"
+    return label + (f" rescored ×{fields['rescore_multiplier']}" if fields.get("rescore_multiplier") else "")
+
+
 def format_table(summary: dict[str, dict]) -> str:
-    """A fixed-width table: task, split, metric, score, and reference/delta columns when any task has one."""
+    """A fixed-width table: task, split, metric, score, reference/delta columns when any task has one, and a
+    retention row per variant (evaluation/variants.py) when any task has them."""
     with_reference = any("reference" in entry for entry in summary.values())
-    header = ["task", "split", "metric", "score"] + (["reference", "delta"] if with_reference else [])
+    with_variants = any("variants" in entry for entry in summary.values())
+    header = (["task", "split", "metric", "score"] + (["reference", "delta"] if with_reference else [])
+              + (["retention"] if with_variants else []))
+    blank = [""] * (len(header) - 4)
     rows = []
     for name, entry in summary.items():
         row = [name, entry["split"], entry["metric"], f"{entry['main_score']:.5f}"]
@@ -122,9 +144,13 @@ def format_table(summary: dict[str, dict]) -> str:
             row += ["-", "-"] if ref is None else [
                 f"{ref['score']:.5f}" + ("" if ref["metric"] == entry["metric"] else f" ({ref['metric']})"),
                 "n/a" if ref["delta"] is None else f"{ref['delta']:+.5f}"]
-        rows.append(row)
+        rows.append(row + ([""] if with_variants else []))
         for key, value in entry.get("extra", {}).items():
-            rows.append([f"  {name}", entry["split"], key, f"{value:.5f}"] + (["", ""] if with_reference else []))
+            rows.append([f"  {name}", entry["split"], key, f"{value:.5f}"] + blank)
+        for variant in entry.get("variants", []):
+            retention = "n/a" if variant["retention"] is None else f"{100 * variant['retention']:.2f}%"
+            rows.append([f"  {name} {variant_label(variant)}", entry["split"], entry["metric"],
+                         f"{variant['main_score']:.5f}"] + blank[:-1] + [retention])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

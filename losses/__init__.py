@@ -2,56 +2,19 @@
 
 Shared signature: loss(q [N, D], p [N*G, D], *, rows=None, labels=None, teacher_scores=None) -> scalar.
 `in_batch` says whether a loss contrasts against other queries' passages (and so gains from gathering them
-across processes); `needs` names what the data must provide beyond query / passage groups — "teacher_scores",
-or a label that makes the rows labelled sentence pairs ("nli_label", "similarity_score"); train.py reads the
-data that way (`data.examples.pair_kind_for`). A loss with a temperature holds its paper's default τ as
-`default_temperature`; build_loss uses it when no τ is given.
+across processes). Each loss module registers itself (losses/registry.py): its name, options, the rows it needs, its
+paper's τ and its tiled form; importing this package imports every built-in loss, in the order of --loss's help.
 """
-from losses.cosine import CosineLoss
-from losses.distill import DistillLoss
-from losses.gte import DIRECTIONS, GTELoss
-from losses.infonce import InfoNCELoss
-from losses.mnrl import MNRLoss
-from losses.softmax_nli import SoftmaxNLILoss
+from losses import cosine, distill, gte, infonce, mnrl, softmax_nli  # noqa: F401 (each registers its loss)
+from losses.cosine import CosineLoss  # noqa: F401
+from losses.distill import DistillLoss  # noqa: F401
+from losses.gte import DIRECTIONS, GTELoss  # noqa: F401
+from losses.infonce import InfoNCELoss  # noqa: F401
+from losses.mnrl import MNRLoss  # noqa: F401
+from losses.softmax_nli import SoftmaxNLILoss  # noqa: F401
+from losses.registry import REGISTRY, LossSpec, build_loss, choose_tiling, loss_temperature, register, spec_of, \
+    tiled_form, unregister  # noqa: F401
 
-LOSS_NAMES = ("infonce", "gte", "distill", "mnrl", "softmax", "cosine")
-
-
-def build_loss(name: str, *, dim: int, temperature: float | None = None, gte_directions=DIRECTIONS,
-               gte_exclude_own_group: bool = True, distill_base: str = "infonce", distill_weight: float = 1.0,
-               distill_mode: str = "kl", teacher_temperature: float = 1.0, num_labels: int = 3,
-               group_size: int | None = None):
-    """The loss called `name`; temperature None = the loss's own paper default (see `loss_temperature`).
-
-    group_size (passages per query), when given, is checked against what the loss needs before any training.
-    """
-    if name == "infonce":
-        return InfoNCELoss(_or(temperature, InfoNCELoss.default_temperature))
-    if name == "gte":
-        return GTELoss(_or(temperature, GTELoss.default_temperature), gte_directions, gte_exclude_own_group)
-    if name == "distill":
-        if distill_base not in ("infonce", "gte", "none"):
-            raise ValueError(f"--distill-base must be infonce, gte or none, got {distill_base!r}")
-        if group_size is not None and group_size < DistillLoss.min_group_size:
-            raise ValueError(f"--loss distill needs --group-size ≥ {DistillLoss.min_group_size} (got {group_size}): "
-                             "with one passage per query the teacher's softmax is constant and the loss is zero")
-        base = None if distill_base == "none" else build_loss(
-            distill_base, dim=dim, temperature=temperature, gte_directions=gte_directions,
-            gte_exclude_own_group=gte_exclude_own_group)
-        return DistillLoss(base, distill_weight, temperature, teacher_temperature, distill_mode)
-    if name == "mnrl":
-        return MNRLoss(_or(temperature, MNRLoss.default_temperature))
-    if name == "softmax":
-        return SoftmaxNLILoss(dim, num_labels)
-    if name == "cosine":
-        return CosineLoss()
-    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
-
-
-def loss_temperature(loss) -> float | None:
-    """The τ a built loss uses (None for losses without one: softmax, cosine)."""
-    return getattr(loss, "temperature", None)
-
-
-def _or(value, default):
-    return default if value is None else value
+BUILT_IN = ("infonce", "gte", "distill", "mnrl", "softmax", "cosine")  # --help order
+for _name in BUILT_IN:  # registered in this order, whatever order the imports above ran in
+    REGISTRY[_name] = REGISTRY.pop(_name)

@@ -8,11 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.row_kind import RowKind
+from losses.registry import LossSpec, register
+
 
 class CosineLoss(nn.Module):
     in_batch = False
-    needs = frozenset({"similarity_score"})  # rows: sentence1, sentence2, score
 
     def forward(self, q, p, *, labels: torch.Tensor = None, **_) -> torch.Tensor:
         cos = F.cosine_similarity(q.float(), p.float(), dim=-1)  # [n]
         return F.mse_loss(cos, labels.float())
+
+
+register(LossSpec(
+    name="cosine", make=lambda options, *, temperature, dim, build: CosineLoss(), rows=RowKind.SCORED_PAIRS,
+    summary="sentence-transformers' CosineSimilarityLoss on scored pairs"))

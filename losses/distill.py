@@ -21,18 +21,33 @@ Inputs as in `losses/infonce.py`, plus teacher_scores [n, G] for the local queri
 the teacher's distribution is the constant 1 and there is nothing to distil).
 τ defaults to the base loss's own default (FlagEmbedding uses one τ for both terms), BGE's 0.02 without a base.
 """
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli_config import ConfigError, opt
+from data.row_kind import RowKind
+from losses.registry import LossSpec, register, tiled_form
 from losses.similarity import cos_sim, local_rows
+from losses.tiled import TiledDistillLoss
 
 MODES = ("kl", "m3")
+BASES = ("infonce", "gte", "none")
 BGE_TEMPERATURE = 0.02  # C-Pack / FlagEmbedding fine-tuning default
 
 
+@dataclass
+class DistillOptions:
+    distill_base: str = opt("infonce", "distill: contrastive loss added to the KD term: infonce | gte | none")
+    distill_weight: float = opt(1.0, "distill: λ, weight of the KD term")
+    distill_mode: str = opt("kl", "distill: kl (over the query's group) | m3 (teacher-weighted in-batch CE)")
+    teacher_temperature: float = opt(1.0, "distill: τ_t in softmax(teacher_score / τ_t)")
+
+
 class DistillLoss(nn.Module):
-    needs = frozenset({"teacher_scores"})
     min_group_size = 2
 
     def __init__(self, base: nn.Module | None = None, weight: float = 1.0, temperature: float | None = None,
@@ -70,3 +85,38 @@ class DistillLoss(nn.Module):
             kd = -(target * log_p).sum(dim=1).mean()
         base = self.base(q, p, rows=rows) if self.base is not None else 0.0
         return base + self.weight * kd
+
+
+def check_distill(o: DistillOptions, group_size: int | None) -> None:
+    if o.distill_base not in BASES:
+        raise ConfigError("distill_base", f"{o.distill_base}: must be one of {', '.join(BASES)}")
+    if o.distill_mode not in MODES:
+        raise ConfigError("distill_mode", f"{o.distill_mode}: must be one of {', '.join(MODES)}")
+    if not (math.isfinite(o.distill_weight) and o.distill_weight >= 0):
+        raise ConfigError("distill_weight", f"{o.distill_weight}: must be a finite number ≥ 0")
+    if not (math.isfinite(o.teacher_temperature) and o.teacher_temperature > 0):
+        raise ConfigError("teacher_temperature", f"{o.teacher_temperature}: must be a finite number > 0")
+    if group_size is not None and group_size < DistillLoss.min_group_size:
+        raise ConfigError("group_size", f"{group_size}: the distill loss needs ≥ {DistillLoss.min_group_size} "
+                                        "passages per query: with one the teacher's softmax is constant and the loss "
+                                        "is zero")
+
+
+def make_distill(o: DistillOptions, *, temperature, dim, build) -> DistillLoss:
+    base = None if o.distill_base == "none" else build(o.distill_base, temperature)
+    loss = DistillLoss(base, o.distill_weight, temperature, o.teacher_temperature, o.distill_mode)
+    loss.base_name = None if base is None else o.distill_base  # its tiled form is the base's registered one
+    return loss
+
+
+def tiled_distill(loss: DistillLoss, tile: int) -> nn.Module:
+    if loss.base is None and loss.mode == "kl":
+        raise ValueError("with distill base none and mode kl it has no tiled form: it only scores each query's own "
+                         "group ([n, G]), there is no batch × batch matrix to tile")
+    base = tiled_form(loss.base_name, loss.base, tile) if loss.base is not None else None
+    return TiledDistillLoss(loss, tile, base)
+
+
+register(LossSpec(
+    name="distill", rows=RowKind.SCORED_GROUPS, options=DistillOptions, make=make_distill, tiled=tiled_distill,
+    check=check_distill, summary="KL (RocketQAv2) or m3 (BGE-M3) distillation from teacher scores, + a base loss"))

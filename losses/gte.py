@@ -24,17 +24,29 @@ Terms can be switched off with `directions`; "qd" always stays (it holds the num
 
 Inputs as in `losses/infonce.py`: q [N, D], p [N*G, D] group-major, `rows` = queries owned by this process.
 """
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from cli_config import ConfigError, opt
+from data.row_kind import RowKind
+from losses.registry import LossSpec, register
 from losses.similarity import cos_sim, local_rows
+from losses.tiled import TiledGTELoss
 
 DIRECTIONS = ("qd", "qq", "dq", "dd")
 
 
+@dataclass
+class GTEOptions:
+    gte_directions: list = opt(list(DIRECTIONS), "gte partition terms to include (qd always)")
+    gte_exclude_own_group: bool = opt(True, "gte 'dd' term: leave out every passage of the query's own group (as "
+                                            "sentence-transformers); --no-gte-exclude-own-group leaves out d_i only")
+
+
 class GTELoss(nn.Module):
     in_batch = True
-    needs = frozenset()
     default_temperature = 0.01  # GTE (Li et al. 2023)
 
     def __init__(self, temperature: float = default_temperature, directions=DIRECTIONS,
@@ -71,3 +83,17 @@ class GTELoss(nn.Module):
             parts.append(dd.masked_fill(masked, float("-inf")))
         log_z = torch.logsumexp(torch.cat(parts, dim=1), dim=1)  # [n]
         return (log_z - qd[arange, pos_col]).mean()
+
+
+def check_gte(options: GTEOptions, group_size: int | None) -> None:
+    directions = tuple(options.gte_directions)
+    if set(directions) - set(DIRECTIONS) or "qd" not in directions:
+        raise ConfigError("gte_directions", f"{' '.join(directions)}: must include qd and be among "
+                                            f"{', '.join(DIRECTIONS)}")
+
+
+register(LossSpec(
+    name="gte", rows=RowKind.GROUPS, options=GTEOptions, default_temperature=GTELoss.default_temperature,
+    make=lambda o, *, temperature, dim, build: GTELoss(temperature, o.gte_directions, o.gte_exclude_own_group),
+    tiled=lambda loss, tile: TiledGTELoss(loss.temperature, loss.directions, tile, loss.exclude_own_group),
+    check=check_gte, summary="GTE's improved InfoNCE: q→d, q→q, d→q and d→d in the partition"))

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.row_kind import RowKind
+from losses.registry import LossSpec, register
 from losses.similarity import cos_sim, local_rows
+from losses.tiled import TiledInfoNCELoss
 
 
 class InfoNCELoss(nn.Module):
     in_batch = True  # uses other queries' passages as negatives, so it benefits from cross-device gathering
-    needs = frozenset()
     default_temperature = 0.02  # BGE (C-Pack)
 
     def __init__(self, temperature: float = default_temperature):
@@ -31,3 +33,13 @@ class InfoNCELoss(nn.Module):
         idx = local_rows(rows, q.shape[0]).to(q.device)  # [n]
         logits = cos_sim(q[idx], p, 1 / self.temperature)  # [n, N*G]
         return F.cross_entropy(logits, idx * group)
+
+
+def tiled_infonce(loss: InfoNCELoss, tile: int) -> nn.Module:
+    return TiledInfoNCELoss(loss.temperature, tile)
+
+
+register(LossSpec(
+    name="infonce", make=lambda options, *, temperature, dim, build: InfoNCELoss(temperature), rows=RowKind.GROUPS,
+    default_temperature=InfoNCELoss.default_temperature, tiled=tiled_infonce,
+    summary="InfoNCE over in-batch and hard negatives (BGE, E5)"))

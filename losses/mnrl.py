@@ -7,7 +7,9 @@ scale = 1/τ = 20; here it takes τ (train.py's one `--temperature`, τ = 1/scal
 sentence-transformers scale s is `--temperature 1/s`. It is InfoNCE at τ = 0.05, kept as its own name so the
 sentence-transformers loss ladder (softmax → cosine → mnrl) can be rerun.
 """
-from losses.infonce import InfoNCELoss
+from data.row_kind import RowKind
+from losses.infonce import InfoNCELoss, tiled_infonce
+from losses.registry import LossSpec, register
 
 
 class MNRLoss(InfoNCELoss):
@@ -15,3 +17,9 @@ class MNRLoss(InfoNCELoss):
 
     def __init__(self, temperature: float = default_temperature):
         super().__init__(temperature)
+
+
+register(LossSpec(
+    name="mnrl", make=lambda options, *, temperature, dim, build: MNRLoss(temperature), rows=RowKind.GROUPS,
+    default_temperature=MNRLoss.default_temperature, tiled=tiled_infonce,  # the same formula: InfoNCE's tiled form
+    summary="sentence-transformers' MultipleNegativesRankingLoss (InfoNCE at τ 0.05)"))

@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.row_kind import RowKind
+from losses.registry import LossSpec, register
+
 
 class SoftmaxNLILoss(nn.Module):
     in_batch = False
-    needs = frozenset({"nli_label"})  # rows: sentence1, sentence2, gold_label
 
     def __init__(self, dim: int, num_labels: int = 3):
         super().__init__()
@@ -22,3 +24,8 @@ class SoftmaxNLILoss(nn.Module):
     def forward(self, q, p, *, labels: torch.Tensor = None, **_) -> torch.Tensor:
         features = torch.cat([q, p, (q - p).abs()], dim=-1).to(self.classifier.weight.dtype)  # [n, 3D]
         return F.cross_entropy(self.classifier(features), labels.long())
+
+
+register(LossSpec(
+    name="softmax", make=lambda options, *, temperature, dim, build: SoftmaxNLILoss(dim), rows=RowKind.NLI_PAIRS,
+    summary="Sentence-BERT's softmax classifier on NLI pairs"))

@@ -35,12 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from losses.distill import DistillLoss
-from losses.gte import DIRECTIONS, GTELoss
-from losses.infonce import InfoNCELoss
-
 DEFAULT_TILE = 4096  # 4096² fp32 = 64 MiB per tile matrix: nothing on a GPU; on CPU the benchmark uses 1024
-TILED_LOSSES = ("infonce", "gte", "distill", "mnrl")
 
 
 EPS = 1e-12  # F.normalize's: x / max(‖x‖, EPS)
@@ -184,7 +179,6 @@ def _local(rows: slice | None, q: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class TiledInfoNCELoss(nn.Module):
     """losses/infonce.py's InfoNCE, tiled: L = 1/n Σ_i ( log Σ_j e^{s(q_i, d_j)} − s(q_i, d_i⁺) )."""
     in_batch = True
-    needs = frozenset()
 
     def __init__(self, temperature: float = 0.02, tile_size: int = DEFAULT_TILE):
         super().__init__()
@@ -207,12 +201,11 @@ class TiledGTELoss(nn.Module):
     every passage of query i's group (its positive and its hard negatives, columns [i·G, (i+1)·G)).
     """
     in_batch = True
-    needs = frozenset()
 
-    def __init__(self, temperature: float = 0.01, directions=DIRECTIONS, tile_size: int = DEFAULT_TILE,
-                 exclude_own_group: bool = False):
+    def __init__(self, temperature: float, directions, tile_size: int = DEFAULT_TILE, exclude_own_group: bool = False):
         super().__init__()
-        GTELoss(temperature, directions)  # the same checks of `directions`
+        if "qd" not in directions or set(directions) - {"qd", "qq", "dq", "dd"}:
+            raise ValueError(f"gte directions must include 'qd' and be among qd, qq, dq, dd, got {directions}")
         check_tile_size(tile_size)
         self.temperature, self.directions, self.tile_size = temperature, tuple(directions), tile_size
         self.exclude_own_group = exclude_own_group
@@ -239,17 +232,19 @@ class TiledDistillLoss(nn.Module):
     """losses/distill.py with its contrastive base tiled and, in mode "m3", the in-batch log-softmax tiled:
         log p_ig = s(q_i, d_ig) − log( Σ_{j outside i's group} e^{s(q_i, d_j)} + Σ_{k ≥ g} e^{s(q_i, d_ik)} ),
     the first sum tiled, the second over the group's G scores (members 0 … g-1 masked, as in the dense m3).
-    Mode "kl" only scores each query's own G passages ([n, G]), so it runs as the dense code does."""
-    needs = frozenset({"teacher_scores"})
+    Mode "kl" only scores each query's own G passages ([n, G]), so it runs as the dense code does.
+    tiled_base: the tiled form of dense.base (its own registered one), None when it has no base."""
 
-    def __init__(self, dense: DistillLoss, tile_size: int = DEFAULT_TILE):
+    def __init__(self, dense: nn.Module, tile_size: int = DEFAULT_TILE, tiled_base: nn.Module | None = None):
         super().__init__()
         check_tile_size(tile_size)
-        self.base = tiled_form(dense.base, tile_size) if dense.base is not None else None
+        if (dense.base is None) != (tiled_base is None):
+            raise ValueError("the tiled base must be given exactly when the dense distill loss has a base")
+        self.base = tiled_base
         self.weight, self.mode, self.tile_size = dense.weight, dense.mode, tile_size
         self.temperature, self.teacher_temperature = dense.temperature, dense.teacher_temperature
         self.in_batch = dense.in_batch
-        self.kl = DistillLoss(None, dense.weight, dense.temperature, dense.teacher_temperature, "kl")
+        self.kl = type(dense)(None, dense.weight, dense.temperature, dense.teacher_temperature, "kl")
 
     def forward(self, q, p, *, rows: slice | None = None, teacher_scores: torch.Tensor = None, **_) -> torch.Tensor:
         if teacher_scores is None:
@@ -272,39 +267,3 @@ class TiledDistillLoss(nn.Module):
             weighted_kd = self.weight * kd
         base = self.base(q, p, rows=rows) if self.base is not None else 0.0
         return base + weighted_kd
-
-
-def tiled_form(loss: nn.Module, tile_size: int = DEFAULT_TILE) -> nn.Module:
-    """The tiled counterpart of a dense loss from `losses.build_loss` (same values and gradients); ValueError
-    naming the loss when it has none."""
-    check_tile_size(tile_size)
-    if isinstance(loss, InfoNCELoss):  # mnrl included (InfoNCE with τ = 1/scale)
-        return TiledInfoNCELoss(loss.temperature, tile_size)
-    if isinstance(loss, GTELoss):
-        return TiledGTELoss(loss.temperature, loss.directions, tile_size,
-                            exclude_own_group=getattr(loss, "exclude_own_group", False))
-    if isinstance(loss, DistillLoss):
-        if loss.base is None and loss.mode == "kl":
-            raise ValueError("loss 'distill' with --distill-base none and --distill-mode kl has no tiled form: it "
-                             "only scores each query's own group ([n, G]), there is no batch × batch matrix to tile")
-        return TiledDistillLoss(loss, tile_size)
-    name = {"SoftmaxNLILoss": "softmax", "CosineLoss": "cosine"}.get(type(loss).__name__, type(loss).__name__)
-    raise ValueError(f"loss {name!r} has no tiled form (it is not an in-batch contrastive loss); tiled losses: "
-                     f"{', '.join(TILED_LOSSES)}")
-
-
-def choose_tiling(loss: nn.Module, tile_size: int | None, tile_above: int, batch_queries: int) -> nn.Module:
-    """train.py's choice: tile_size given → that tile (checked against the batch; a loss without a tiled form is
-    refused); None → tiled with DEFAULT_TILE (at most the batch) when the global batch has more than
-    `tile_above` queries and the loss has a tiled form (0 = never automatically); else the dense loss."""
-    if tile_above < 0:
-        raise ValueError(f"the automatic threshold must be ≥ 0 queries (0 = never tile automatically), got {tile_above}")
-    if tile_size is not None:
-        check_tile_size(tile_size, batch_queries)
-        return tiled_form(loss, tile_size)
-    if tile_above == 0 or batch_queries <= tile_above:
-        return loss
-    try:
-        return tiled_form(loss, min(DEFAULT_TILE, batch_queries))
-    except ValueError:  # no in-batch matrix to tile (pair losses, distill kl alone): the dense loss is already O(n)
-        return loss

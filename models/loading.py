@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 
-from models.bi_encoder import SETTINGS_FILE, BiEncoder
+from models.bi_encoder import BiEncoder
 from models.checks import check_max_lengths, find_model
+from models.st_folder import SETTINGS_FILE
 
 
 def load_bi_encoder(name_or_path: str, **overrides) -> BiEncoder:

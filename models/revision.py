@@ -10,7 +10,8 @@ import json
 
 import torch
 
-from models.bi_encoder import BiEncoder, EncoderSettings
+from models.bi_encoder import BiEncoder
+from models.settings import EncoderSettings
 
 
 def checkpoint_revision(model: BiEncoder, settings: EncoderSettings, precision: str = "fp32") -> str:

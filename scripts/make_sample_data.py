@@ -4,7 +4,8 @@ Every sentence is built from our own templates: a person does something somewher
 ("The teacher is reading a newspaper in the library this morning." / "오늘 아침에 선생님이 도서관에서 신문을
 읽고 있다."), with the Korean particles chosen by the final consonant (batchim) of the noun before them.
 Combinations of (person, action, place, time) are split 80/20 into a training part and a held-out part; every
-held-out sentence (STS pairs, queries, corpus) comes from the held-out part, so none is ever trained on; the held-out part is evaluated as
+held-out sentence (STS pairs, queries, corpus) comes from the held-out part, so none is ever trained on; the held-out
+part is evaluated as
 
   heldout-sts.tsv          Korean–Korean pairs, score = 5 × (slots in common) / 4  (5 = same meaning,
                            other word order);
@@ -15,7 +16,7 @@ and trained on with train.jsonl (BGE format): an English query, its Korean trans
 sentences that differ in exactly one slot as `neg` (hard negatives); a fifth of the rows are Korean→Korean
 (same meaning, another word order).
 
-    python -m scripts.make_sample_data --output data/sample --overwrite   # deterministic: same files every run
+    python -m scripts.make_sample_data --output sample_data --overwrite   # deterministic: same files every run
 
 The folder is written whole (storage/folders.py: built beside it, renamed into place); an existing one is replaced
 only when it holds this tool's files and nothing else, and --overwrite is given.
@@ -48,7 +49,8 @@ ACTIONS = [("is reading a newspaper", "신문", "읽고 있다"), ("is eating an
            ("is drawing a picture", "그림", "그리고 있다"), ("is watching a movie", "영화", "보고 있다"),
            ("is cleaning the window", "창문", "닦고 있다"), ("is playing the piano", "피아노", "치고 있다"),
            ("is kicking a ball", "공", "차고 있다"), ("is buying vegetables", "채소", "사고 있다"),
-           ("is carrying a heavy bag", "무거운 가방", "들고 있다"), ("is waiting for a friend", "친구", "기다리고 있다"),
+           ("is carrying a heavy bag", "무거운 가방", "들고 있다"),
+           ("is waiting for a friend", "친구", "기다리고 있다"),
            ("is looking for a key", "열쇠", "찾고 있다"), ("is selling flowers", "꽃", "팔고 있다")]
 PLACES = [("in the park", "공원에서"), ("at the beach", "해변에서"), ("in the kitchen", "부엌에서"),
           ("at the station", "역에서"), ("in the library", "도서관에서"), ("on the bus", "버스에서"),
@@ -107,7 +109,7 @@ def write_lines(path: str, lines: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="data/sample", help="folder to write (default data/sample)")
+    parser.add_argument("--output", default="sample_data", help="folder to write (default sample_data)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier output of this tool at --output (a folder holding anything else is "
                              "never replaced)")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    rule = dict(overwrite=args.overwrite, own_entries=OWN_ENTRIES,  # data/sample was written before the marker
+    rule = dict(overwrite=args.overwrite, own_entries=OWN_ENTRIES,  # sample_data was written before the marker
                 recognise=lambda path: os.path.isfile(os.path.join(path, "train.jsonl")))
     try:
         check_output_folder(args.output, TOOL, **rule)

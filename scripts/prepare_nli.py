@@ -18,7 +18,8 @@ import argparse
 
 
 from data.examples import DataError, load_examples, nli_to_groups
-from scripts.lib.pipeline import add_overwrite_flag, check_output, example_to_row, write_jsonl
+from data.row_kind import RowKind
+from pipelines.corpus_search import add_overwrite_flag, check_output, example_to_row, write_jsonl
 from storage.folders import OutputError
 
 
@@ -36,14 +37,15 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_output(args.output, [("--input", path) for path in args.input], args.overwrite)
     try:
-        pairs, report = load_examples(args.input, pair_kind="nli")
+        pairs, report = load_examples(args.input, RowKind.NLI_PAIRS)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     groups = nli_to_groups(pairs, report)
     if not args.allow_no_negative:
         without = [g for g in groups if not g.neg]
         if without:
-            report.notes.append(f"{len(without)} premises have no contradiction and are dropped (--allow-no-negative keeps them)")
+            report.notes.append(f"{len(without)} premises have no contradiction and are dropped "
+                                "(--allow-no-negative keeps them)")
         groups = [g for g in groups if g.neg]
     if args.first:
         for g in groups:

@@ -21,7 +21,6 @@ and README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -60,14 +59,15 @@ def merge(base: dict, over: dict) -> dict:
 
 def load_grid(full: bool, only: list[str] | None = None, experiments: Path = EXPERIMENTS) -> tuple[dict, list[dict]]:
     """defaults + rows, validated before any training: unknown loss / option / missing file -> ConfigError."""
-    from losses import LOSS_NAMES
+    from cli_config import options
+    from losses import REGISTRY
     from train import TrainConfig
 
     defaults_path = experiments / "defaults.yaml"
     defaults = yaml.safe_load(defaults_path.read_text(encoding="utf-8"))
     if full:
         defaults = merge(defaults, defaults.get("full", {}))
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {o.key for o in options(TrainConfig())}
     rows = []
     for path in sorted(experiments.glob("*.yaml")):
         if path.name == "defaults.yaml" or (only and path.stem not in only):
@@ -86,9 +86,9 @@ def load_grid(full: bool, only: list[str] | None = None, experiments: Path = EXP
         for key in train:
             if key not in fields:
                 raise ConfigError(f"{where}: train.{key}: not a train.py option")
-        if train.get("loss") not in LOSS_NAMES:
+        if train.get("loss") not in REGISTRY:
             raise ConfigError(f"{where}: train.loss: unknown loss {train.get('loss')!r}; "
-                              f"choose one of {', '.join(LOSS_NAMES)}")
+                              f"choose one of {', '.join(REGISTRY)}")
         if not row.get("teacher") and not train.get("train_data"):
             raise ConfigError(f"{where}: train.train_data is missing")
         for i, file in enumerate(train.get("train_data", [])):
@@ -292,13 +292,14 @@ def plot(rows: list[dict], results: dict[str, list[dict]], table: list[dict], pa
     plt.close(fig)
 
 
-def write_between_markers(path: Path, text: str) -> None:
+def write_between_markers(path: Path, text: str, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    start, end = marks
     content = path.read_text(encoding="utf-8")
-    if MARK_START not in content or MARK_END not in content:
-        raise SystemExit(f"{path}: add the lines {MARK_START} and {MARK_END} where the results table goes")
-    head, rest = content.split(MARK_START, 1)
-    tail = rest.split(MARK_END, 1)[1]
-    path.write_text(f"{head}{MARK_START}\n{text}{MARK_END}{tail}", encoding="utf-8")
+    if start not in content or end not in content:
+        raise SystemExit(f"{path}: add the lines {start} and {end} where the results go")
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{text}{end}{tail}", encoding="utf-8")
 
 
 def machine_line() -> str:

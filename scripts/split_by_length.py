@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from data.examples import DataError, load_examples
-from scripts.lib.pipeline import add_overwrite_flag, atomic_outputs, check_model, example_to_row
+from pipelines.corpus_search import add_overwrite_flag, atomic_outputs, check_model, example_to_row
 from storage.files import check_output_place
 from storage.folders import OutputError, check_output_folder, lies_inside, staged_folder
 

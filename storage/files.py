@@ -3,6 +3,8 @@ any work starts.
 
     check_output_file(path, inputs, overwrite=..., flag="--output")
     check_output_place(folder, inputs, flag)        an output folder: not an input nor inside one, parent writable
+    with atomic_outputs(paths, overwrite=...) as files: / write_jsonl(path, rows)
+                                                    files written beside their targets, renamed in when complete
 
 refuses an output that is a folder, whose parent cannot be created or written, that is or lies inside one of the
 tool's inputs (`--input x.jsonl --output x.jsonl` would overwrite what it reads), or that exists while
@@ -11,7 +13,11 @@ the tools write a temporary file beside it and rename it).
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterable
 
 from storage.disk import existing_parent
@@ -56,3 +62,39 @@ def check_output_file(path: str, inputs: Iterable[tuple[str, str | None]] = (), 
             raise OutputError(f"{flag} {path}: exists; pass --overwrite to replace it, or choose another path")
         return True
     return False
+
+
+@contextmanager
+def atomic_outputs(paths: list[str | Path], *, overwrite: bool = False):
+    """Yield one open text file per path; all are renamed into place together on success, removed on error.
+    An existing path is replaced only with overwrite=True (checked again here: it may have appeared meanwhile)."""
+    handles = []
+    try:
+        for path in paths:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            handles.append((os.fdopen(fd, "w", encoding="utf-8"), tmp, path))
+        yield [f for f, _, _ in handles]
+        existing = [str(path) for _, _, path in handles if os.path.lexists(path)]
+        if existing and not overwrite:
+            raise OutputError(f"{', '.join(existing)}: appeared while the tool ran; not replaced (pass --overwrite)")
+        for f, tmp, path in handles:
+            f.close()
+            os.replace(tmp, path)
+    finally:
+        for f, tmp, _ in handles:
+            f.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def write_jsonl(path: str | Path, rows, *, overwrite: bool = False) -> int:
+    """Write dict rows as JSONL atomically; returns the number written. An existing file is replaced only with
+    overwrite=True."""
+    n = 0
+    with atomic_outputs([path], overwrite=overwrite) as (f,):
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n

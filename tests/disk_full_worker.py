@@ -18,5 +18,5 @@ if __name__ == "__main__":
     try:
         train.main(config)
     finally:
-        usage = shutil.disk_usage(os.path.dirname(os.path.abspath(config.output_dir)))
+        usage = shutil.disk_usage(os.path.dirname(os.path.abspath(config.output.output_dir)))
         print(f"filled: {usage.used} of {usage.total} bytes used, {usage.free} free", flush=True)

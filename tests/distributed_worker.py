@@ -26,10 +26,10 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from transformers import BertConfig, BertModel
 
-from losses import build_loss
-from losses.tiled import tiled_form
-from models.bi_encoder import BiEncoder, EncoderSettings
-from training.even_steps import common_batch_count
+from losses import build_loss, tiled_form
+from models.bi_encoder import BiEncoder
+from models.settings import EncoderSettings
+from training.common_batch_count import common_batch_count
 from training.step import train_step
 
 B, G, LQ, LP, VOCAB = 3, 3, 8, 12, 200  # per-process queries, group size (1 positive + 2 hard negatives)
@@ -175,8 +175,9 @@ def main(out_path: str) -> None:
     for case, kwargs in CASES.items():
         kwargs = dict(kwargs)
         tile = kwargs.pop("tile", None)
-        dense = build_loss(kwargs.pop("name"), dim=base.dim, **kwargs)
-        loss_fn = tiled_form(dense, tile) if tile else dense
+        name = kwargs.pop("name")
+        dense = build_loss(name, dim=base.dim, **kwargs)
+        loss_fn = tiled_form(name, dense, tile) if tile else dense
         ref_model = copy.deepcopy(base).eval()
         ref_loss, ref_grads = reference(ref_model, dense, batch)
         for chunk in (0, CHUNK):

@@ -316,7 +316,7 @@ def test_deepspeed_torch_autocast_matches_ddp_bf16(tiny_run, ddp_bf16_run, tmp_p
 def test_unreadable_deepspeed_config(tmp_path):
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")
-    cfg = train.TrainConfig(model="m", train_data=["x"], deepspeed=str(bad))
+    cfg = train.TrainConfig.of(model="m", train_data=["x"], deepspeed=str(bad))
     with pytest.raises(SystemExit, match="cannot read the DeepSpeed config"):
         train.main(cfg)
 
@@ -339,9 +339,9 @@ def test_grad_cache_chunk_checks(tiny_run, tmp_path):
     base = dict(model=model_dir, train_data=[data], group_size=3, batch_size=4, report_to="none",
                 output_dir=str(tmp_path / "o"))
     with pytest.raises(SystemExit, match="--grad-cache-chunk -1: must be ≥ 0"):
-        train.main(train.TrainConfig(**base, grad_cache_chunk=-1))
+        train.main(train.TrainConfig.of(**base, grad_cache_chunk=-1))
     with pytest.raises(SystemExit, match="--grad-cache-chunk 12 is not smaller than the batch's 4 queries × 3 passages"):
-        train.main(train.TrainConfig(**base, grad_cache_chunk=12))
+        train.main(train.TrainConfig.of(**base, grad_cache_chunk=12))
 
 
 def test_deepspeed_launcher_local_rank_is_ignored():

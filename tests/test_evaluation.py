@@ -19,8 +19,8 @@ from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
 
 import evaluate
-from data.text import mteb_document_text
-from evaluation import fast
+from data.document_text import mteb_document_text
+from evaluation import training_sts
 from evaluation.clustering_metrics import clustering_accuracy, kmeans_scores
 from evaluation.local_tasks import (
     LocalClassificationTask,
@@ -47,7 +47,8 @@ def reference(task: str) -> dict:
 
 
 def evaluate_quietly(encoder, tasks, batch_size: int = 32):
-    return mteb.evaluate(encoder, tasks, cache=None, encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+    return mteb.evaluate(encoder, tasks, cache=None,
+                         encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
                          show_progress_bar=False).task_results
 
 
@@ -113,7 +114,7 @@ def test_korsts_matches_reference(minilm):
 
 @needs_data
 def test_fast_sts_spearman_equals_mteb(minilm, stsb_mteb_score):
-    assert fast.sts_spearman(minilm.model, STSB) == pytest.approx(stsb_mteb_score, abs=1e-6)
+    assert training_sts.sts_spearman(minilm.model, STSB) == pytest.approx(stsb_mteb_score, abs=1e-6)
 
 
 @needs_data
@@ -320,7 +321,7 @@ def test_local_clustering_reports_v_measure_accuracy_and_nmi(tokenizer_folder, t
     rows = [("the cat sat on the mat", "animals"), ("dogs bark at night", "animals"), ("a horse runs", "animals"),
             ("stocks rallied today", "finance"), ("the bank raised rates", "finance"), ("bonds fell", "finance")]
     path = tmp_path / "topics.jsonl"
-    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
+    path.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows))
     (result,) = evaluate_quietly(BiEncoderForMTEB(tiny_bi_encoder(tokenizer_folder)), [LocalClusteringTask(path)])
     scores = result.scores["test"][0]
     assert result.task_name == "topics" and scores["main_score"] == scores["v_measure"]
@@ -398,7 +399,8 @@ def test_empty_split_and_missing_columns(tmp_path):
     (tmp_path / "clf").mkdir()
     (tmp_path / "clf" / "train.csv").write_text("text,intent\na,x\n")
     (tmp_path / "clf" / "test.csv").write_text("text,label\na,x\n")
-    with pytest.raises(TaskDataError, match=r"train\.csv: label column missing: expected one of label, labels, category"):
+    with pytest.raises(TaskDataError,
+                       match=r"train\.csv: label column missing: expected one of label, labels, category"):
         LocalClassificationTask(tmp_path / "clf")
     nli = tmp_path / "nli.tsv"
     nli.write_text("sentence1\tsentence2\tgold_label\na\tb\tentailment\nc\td\tmaybe\n")
@@ -472,7 +474,7 @@ def test_cli_refuses_a_max_len_beyond_the_position_limit_before_loading(tokenize
     """--passage-max-len past a 64-position BERT failed mid-encoding with a tensor-size RuntimeError."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from models.bi_encoder import EncoderSettings
+    from models.settings import EncoderSettings
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

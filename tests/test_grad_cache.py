@@ -105,7 +105,7 @@ def test_train_py_grad_cache_same_losses_and_cross_device_note(tmp_path, capsys)
     model_dir, data = make_tiny_run_files(str(tmp_path), minilm_path(), rows=24)
     args = dict(model=model_dir, train_data=[data], group_size=3, batch_size=4, max_steps=3, log_steps=1, lr=1e-3,
                 report_to="none")
-    plain = train.main(train.TrainConfig(**args, output_dir=str(tmp_path / "plain")))
-    cached = train.main(train.TrainConfig(**args, output_dir=str(tmp_path / "gc"), grad_cache_chunk=4))
+    plain = train.main(train.TrainConfig.of(**args, output_dir=str(tmp_path / "plain")))
+    cached = train.main(train.TrainConfig.of(**args, output_dir=str(tmp_path / "gc"), grad_cache_chunk=4))
     assert [h["loss"] for h in cached["history"]] == pytest.approx([h["loss"] for h in plain["history"]], rel=1e-5)
     assert "--cross-device has nothing to gather" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""LLM-judged triplets for clustering (data/cluster_triplets, scripts/llm_triplets.py).
+"""LLM-judged triplets for clustering (pipelines/cluster_triplets, scripts/llm_triplets.py).
 
 Sampling and the oracles are checked against plain transcriptions on constructed data; the causal-LM judge on a
 tiny random GPT-2 against an unbatched log-probability computed by hand; the HTTP judge against stub
@@ -21,17 +21,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-from data.cluster_triplets import chain, loop
-from data.cluster_triplets.cache import JudgementCache
-from data.cluster_triplets.causal_lm_judge import CausalLMJudge
-from data.cluster_triplets.convert import training_rows, write_rows
-from data.cluster_triplets.http_judge import HTTPJudge
-from data.cluster_triplets.judges import (DEFAULT_TEMPLATE, EmbeddingJudge, GoldOracle, JudgeError, NoisyOracle,
+from pipelines.cluster_triplets import cli, finetune_and_score
+from pipelines.cluster_triplets.cache import JudgementCache
+from pipelines.cluster_triplets.causal_lm_judge import CausalLMJudge
+from pipelines.cluster_triplets.convert import training_rows, write_rows
+from pipelines.cluster_triplets.http_judge import HTTPJudge
+from pipelines.cluster_triplets.judges import (DEFAULT_TEMPLATE, EmbeddingJudge, GoldOracle, JudgeError, NoisyOracle,
                                           check_template, gold_answer, parse_choice, render_prompt)
-from data.cluster_triplets.judging import judge_triplets
-from data.cluster_triplets.sampling import (Triplet, closest_entropy, kmeans_clusters, rank_by_entropy,
+from pipelines.cluster_triplets.run_judge import judge_triplets
+from pipelines.cluster_triplets.sampling import (Triplet, closest_entropy, kmeans_clusters, rank_by_entropy,
                                             sample_triplets, soft_assignment)
-from data.cluster_triplets.texts import read_clustering_texts
+from pipelines.cluster_triplets.texts import read_clustering_texts
 from data.examples import DataError, load_examples
 from tests.helpers import REPO, minilm_path, subprocess_env, tiny_bi_encoder
 
@@ -260,7 +260,8 @@ def test_conversion_to_training_rows_and_train_py_reads_them(tmp_path):
     assert rows[1] == {"query": "text 2", "pos": ["text 3"], "neg": ["text 4"]}  # anchor 2 even -> "A" = t.a
     with_self = training_rows(judgements, texts, self_pairs=True)
     assert with_self[:8] == rows
-    assert with_self[8:] == [{"query": t, "pos": [t], "neg": []} for t in (f"text {i}" for i in (1, 2, 3, 4, 6, 7, 8, 9))]
+    assert with_self[8:] == [{"query": t, "pos": [t], "neg": []}
+                             for t in (f"text {i}" for i in (1, 2, 3, 4, 6, 7, 8, 9))]
     path = tmp_path / "triplets.jsonl"
     write_rows(path, with_self)
     examples = load_examples([str(path)])[0]
@@ -283,8 +284,9 @@ def tiny_causal_lm(tmp_path_factory) -> str:
 def test_causal_lm_judge_scores_letters_like_an_unbatched_forward(tiny_causal_lm):
     judge = CausalLMJudge(tiny_causal_lm, batch_size=4, device="cpu")
     prompts = [render_prompt(DEFAULT_TEMPLATE, *texts) for texts in
-               [("my card is lost", "where is my card", "exchange rate"), ("hi", "a much longer second choice here", "b"),
-                ("refund please", "money back", "top up failed"), ("x", "y", "z"), ("pin blocked", "unlock pin", "fees")]]
+               [("my card is lost", "where is my card", "exchange rate"),
+                ("hi", "a much longer second choice here", "b"), ("refund please", "money back", "top up failed"),
+                ("x", "y", "z"), ("pin blocked", "unlock pin", "fees")]]
     scores = judge.letter_logprobs(prompts)  # batched, right-padded
     model, tok = judge.model, judge.tokenizer
     for i, prompt in enumerate(prompts):
@@ -499,13 +501,14 @@ def run_in_process(command, log_file):
 
 def test_run_once_runs_a_command_once_and_reports_a_failure(tmp_path):
     ok = [sys.executable, "-c", "print('hello')"]
-    assert loop.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is True
+    assert finetune_and_score.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is True
     assert (tmp_path / "a.log").read_text().strip() == "hello"
-    assert loop.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is False  # finished before
-    assert loop.run_once(ok + ["x"], tmp_path / "a.done.json", tmp_path / "a.log") is True  # another command
+    assert finetune_and_score.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is False  # finished before
+    # another command
+    assert finetune_and_score.run_once(ok + ["x"], tmp_path / "a.done.json", tmp_path / "a.log") is True
     bad = [sys.executable, "-c", "import sys; print('went wrong'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match=r"(?s)failed \(exit 3\).*went wrong"):
-        loop.run_once(bad, tmp_path / "b.done.json", tmp_path / "b.log")
+        finetune_and_score.run_once(bad, tmp_path / "b.done.json", tmp_path / "b.log")
     assert not (tmp_path / "b.done.json").exists()
 
 
@@ -519,7 +522,7 @@ def test_script_with_the_http_judge_end_to_end_writes_training_rows(tiny_encoder
                              env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         assert len(stub.requests) == 12
-        again = chain.main([str(a) for a in args])  # same run again: everything from the cache
+        again = cli.main([str(a) for a in args])  # same run again: everything from the cache
         assert len(stub.requests) == 12 and again["from_cache"] == 12 and again["asked"] == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["rows"] == 12 - report["unreadable"]
@@ -530,7 +533,7 @@ def test_script_bad_inputs_stop_before_any_work(tiny_encoder, tmp_path, monkeypa
     def no_embedding(*args, **kwargs):
         raise AssertionError("embedded before the inputs were checked")
 
-    monkeypatch.setattr(loop, "embed_texts", no_embedding)
+    monkeypatch.setattr(finetune_and_score, "embed_texts", no_embedding)
     texts, labels = topic_texts()
     data = write_csv(tmp_path / "topics.csv", texts, labels)
     common = ["--model", tiny_encoder, "--input", data, "--output-dir", str(tmp_path / "out"), "--no-train"]
@@ -545,7 +548,7 @@ def test_script_bad_inputs_stop_before_any_work(tiny_encoder, tmp_path, monkeypa
     cases.append((["--judge", "oracle", "--input", one], "clustering needs at least 2 distinct labels"))
     for extra, message in cases:
         with pytest.raises(SystemExit) as stop:
-            chain.main(common + extra)
+            cli.main(common + extra)
         captured = capsys.readouterr()
         assert message in f"{stop.value.code} {captured.err}", (extra, stop.value.code, captured.err[-500:])
 
@@ -558,7 +561,7 @@ def test_script_chains_train_and_evaluate_with_the_causal_lm_judge(tiny_encoder,
     args = ["--model", tiny_encoder, "--input", data, "--output-dir", str(out), "--judge", "causal-lm",
             "--judge-model", tiny_causal_lm, "--judge-device", "cpu", "--num-triplets", "16", "--self-pairs",
             "--train-args", "--batch-size 4 --max-steps 2 --group-size 2"]
-    report = chain.main(args, runner=run_in_process)
+    report = cli.main(args, runner=run_in_process)
     printed = capsys.readouterr().out
     for side in ("base", "tuned"):
         assert set(report[side]) == {"cluster_accuracy", "nmi", "v_measure"}
@@ -570,7 +573,7 @@ def test_script_chains_train_and_evaluate_with_the_causal_lm_judge(tiny_encoder,
     def nothing_to_run(command, log_file):
         raise AssertionError(f"ran again: {command[:2]}")
 
-    again = chain.main(args, runner=nothing_to_run)  # a rerun asks nothing and trains nothing
+    again = cli.main(args, runner=nothing_to_run)  # a rerun asks nothing and trains nothing
     assert again["asked"] == 0 and again["tuned"] == report["tuned"]
 
 
@@ -586,19 +589,19 @@ def test_script_refuses_an_output_dir_it_did_not_write_and_resumes_in_its_own(ti
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
-    real_embed_texts = loop.embed_texts
+    real_embed_texts = finetune_and_score.embed_texts
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("embedded before the output folder was checked")
 
-    monkeypatch.setattr(loop, "embed_texts", no_embedding)
+    monkeypatch.setattr(finetune_and_score, "embed_texts", no_embedding)
     with pytest.raises(SystemExit, match=r"^error: --output-dir .*theirs: is a folder that scripts.llm_triplets did "
                                          r"not write \(1 entry: notes.txt\)"):
         llm_triplets.main(args + ["--output-dir", str(theirs)])
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
     with pytest.raises(SystemExit, match=r"^error: --output-dir .*chain: lies inside --model "):
         llm_triplets.main(args + ["--output-dir", f"{tiny_encoder}/chain"])
-    monkeypatch.setattr(loop, "embed_texts", real_embed_texts)
+    monkeypatch.setattr(finetune_and_score, "embed_texts", real_embed_texts)
     out = tmp_path / "out"
     first = llm_triplets.main(args + ["--output-dir", str(out)])  # precondition: a new folder is written
     (out / ".eval-base.abc123.partial").mkdir()  # what a killed evaluate.py leaves: the chain's own, too

@@ -323,7 +323,7 @@ def test_a_checkpoint_altered_at_the_same_size_is_refused(tiny, tmp_path):
     """Weights of more than 16 MiB (checkpoints used to hash only smaller files): a BERT of hidden 160."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from models.bi_encoder import EncoderSettings
+    from models.settings import EncoderSettings
 
     tokenizer = AutoTokenizer.from_pretrained(tiny[0])
     torch.manual_seed(0)
@@ -380,7 +380,7 @@ def test_yaml_values_are_checked_by_type_with_file_and_line(tmp_path, text, mess
 def test_yaml_numbers_written_as_yaml_1_1_text_are_read(tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 1e-4\ntrain_data: a.jsonl\n")  # PyYAML reads 1e-4 as a string
     cfg = parse_config(train.TrainConfig, ["--config", str(tmp_path / "c.yaml")])
-    assert cfg.lr == 1e-4 and cfg.train_data == ["a.jsonl"]
+    assert cfg.optim.lr == 1e-4 and cfg.data.train_data == ["a.jsonl"]
 
 
 def test_a_range_error_names_the_yaml_file_it_came_from(tiny, tmp_path):

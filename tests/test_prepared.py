@@ -1,4 +1,4 @@
-"""data/prepared.py + scripts/prepare_data.py: a prepared corpus gives the raw path's batches and items, train.py
+"""data/prepared/ + scripts/prepare_data.py: a prepared corpus gives the raw path's batches and items, train.py
 trains on it with the same losses, --sampling-alpha gives GTE's shares, and every bad input of issue 12 is refused
 with what to do (each case checks its precondition: the same call without the fault works)."""
 from __future__ import annotations
@@ -12,14 +12,16 @@ import pytest
 from transformers import AutoTokenizer
 
 import train
-from data.bucket_sampler import BucketBatchSampler
+from data.batch_planner import BucketBatchSampler
 from data.collator import Collator
 from data.examples import DataError, load_examples
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, prepare
+from data.row_kind import RowKind
+from data.tables import OptionError
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from data.sampler_inputs import length_keys, text_ids
-from models.bi_encoder import EncoderSettings
+from models.settings import EncoderSettings
 from scripts import prepare_data
 from storage.folders import OutputError
 from tests.helpers import make_tiny_run_files, minilm_path
@@ -105,8 +107,8 @@ def test_train_py_on_a_prepared_corpus_logs_the_raw_runs_losses(run, corpus, tmp
     args = dict(model=model, group_size=3, batch_size=4, max_steps=5, log_steps=1, report_to="none",
                 query_max_len=16, passage_max_len=24, same_dataset_batches=True, sampling_alpha=0.5,
                 mixed_precision="no", lr=1e-3)
-    raw = train.main(train.TrainConfig(train_data=inputs, output_dir=str(tmp_path / "raw"), **args))
-    mapped = train.main(train.TrainConfig(train_data=[corpus], output_dir=str(tmp_path / "mapped"), **args))
+    raw = train.main(train.TrainConfig.of(train_data=inputs, output_dir=str(tmp_path / "raw"), **args))
+    mapped = train.main(train.TrainConfig.of(train_data=[corpus], output_dir=str(tmp_path / "mapped"), **args))
     assert [h["loss"] for h in mapped["history"]] == [h["loss"] for h in raw["history"]]
     out = capsys.readouterr().out
     assert f"prepared corpus {corpus}: 176 rows from 2 source(s)" in out
@@ -160,13 +162,16 @@ def test_sampling_alpha_gives_gte_shares():
 def test_negative_alpha_is_refused(run, alpha, message):
     files = np.repeat(np.arange(2), 40)
     BucketBatchSampler(80, 4, file_index=files, same_file=True, sampling_alpha=0.5)  # precondition: 0.5 works
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=message) as e:
         BucketBatchSampler(80, 4, file_index=files, same_file=True, sampling_alpha=alpha)
+    assert e.value.field == "sampling_alpha"
     model, inputs, _ = run
-    with pytest.raises(SystemExit, match="--sampling-alpha must be ≥ 0"):
-        train.main(train.TrainConfig(model=model, train_data=inputs, same_dataset_batches=True, sampling_alpha=alpha))
-    with pytest.raises(SystemExit, match="--sampling-alpha chooses the source.*--same-dataset-batches"):
-        train.main(train.TrainConfig(model=model, train_data=inputs, sampling_alpha=0.5))
+    # through train.py: the flags (train.py maps OptionError.fields)
+    with pytest.raises(SystemExit, match=r"data error: --sampling-alpha \S+: must be ≥ 0"):
+        train.main(train.TrainConfig.of(model=model, train_data=inputs, same_dataset_batches=True,
+                                        sampling_alpha=alpha))
+    with pytest.raises(SystemExit, match=r"--sampling-alpha: chooses the source.*\(set --same-dataset-batches\)"):
+        train.main(train.TrainConfig.of(model=model, train_data=inputs, sampling_alpha=0.5))
 
 
 # ------------------------------------------------------------------ prepare: no-op, interrupted, failures
@@ -188,7 +193,8 @@ def test_rerun_is_a_no_op_and_an_interrupted_prepare_starts_over(run, tmp_path):
     staging = str(tmp_path / ".c.killed.partial")
     os.makedirs(staging + "/shards")
     open(staging + "/shards/shard-00000.arrow", "wb").write(b"half")
-    json.dump({"tool": "scripts.prepare_data", "entries": [], "staging_for": "c"}, open(staging + "/.written_by.json", "w"))
+    json.dump({"tool": "scripts.prepare_data", "entries": [], "staging_for": "c"},
+              open(staging + "/.written_by.json", "w"))
     prepare(inputs, model, out, overwrite=True, progress=False, log=messages.append)
     assert not os.path.exists(staging) and "starting over" in " ".join(messages)
     assert sorted(os.listdir(tmp_path)) == ["c"]  # no staging or replaced folder left beside it
@@ -281,38 +287,261 @@ def test_a_manifest_that_does_not_match_its_shards_is_refused(run, tmp_path):
         manifest["format"] = "prepared-training-corpus/1"
         json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
 
-    broken(older_format, "format 'prepared-training-corpus/1', this code reads 'prepared-training-corpus/2'; "
-                         "prepare it again")
+    def without(field):
+        def change():
+            manifest = json.load(open(os.path.join(out, "manifest.json")))
+            part, _, key = field.partition(".")
+            if key:
+                del manifest[part][0][key]
+            else:
+                del manifest[part]
+            json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+        return change
+
+    broken(without("token_lengths"), "manifest.json: the manifest lacks token_lengths; prepare the corpus again")
+    broken(without("index.crc32"), r"manifest.json: the manifest lacks index\[0\].crc32; prepare the corpus again")
+    broken(older_format, "format 'prepared-training-corpus/1', this code reads 'prepared-training-corpus/3'; "
+                         "prepare it again \\(python -m scripts.prepare_data\\)")
+
+
+def changed_index(out: str, tmp_path, name: str, change) -> str:
+    """A copy of the corpus `out` whose index/<name>.npy went through change(array) in place (same size)."""
+    copy = str(tmp_path / f"changed-{name}")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(out, copy)
+    array = np.load(os.path.join(copy, "index", name + ".npy"), mmap_mode="r+")
+    change(array)
+    array.flush()
+    return copy
+
+
+def _seven(a):
+    a[:] = 7
+
+
+def _one_row_to_the_other_source(a):
+    assert a[0] == 0
+    a[0] = 1
+
+
+def _times_1000(a):
+    a[:] = a * 1000
+
+
+def _shorter_query_than_any(a):  # still a valid key, outside the range the manifest records
+    a[3] = (a[3] >> 32 << 32) | 1
+
+
+def _backwards(a):
+    a[4], a[5] = a[5], a[4]
+
+
+def _one_bit(a):
+    a[5] ^= 1
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("source", _seven, r"index/source.npy row 0: source id 7, but the manifest has 2 source\(s\)"),
+    ("source", _one_row_to_the_other_source, r"index/source.npy gives 95 rows to source 0 \(\S+train.jsonl\), the "
+                                             "manifest 96"),
+    ("length_keys", _times_1000, r"index/length_keys.npy row 0: key \d+ decodes to \d+ query and \d+ passage "
+                                 r"tokens; the corpus allows query ≤ 16 and passage ≤ 24"),
+    ("length_keys", _shorter_query_than_any, r"index/length_keys.npy spans \[1, \d+\] query and .*, the manifest "
+                                             r"records \[[2-9]\d*, "),
+    ("key_offsets", _backwards, r"index/key_offsets.npy row 4: -\d+ hashes of the query and positives"),
+    ("scored", _seven, r"index/scored.npy row 0: 7, not two flag bits")])
+def test_index_arrays_that_are_not_what_prepare_wrote_are_refused_at_open(corpus, tmp_path, name, change, message):
+    """Issue 25: source ids all 7 trained with exit 0, length keys × 1000 were accepted. Each change keeps the
+    file's size, so only a look at the values can see it."""
+    assert len(PreparedCorpus(changed_index(corpus, tmp_path, name, lambda a: None))) == 176  # precondition
+    with pytest.raises(DataError, match=message + ".*; prepare the corpus again"):
+        PreparedCorpus(changed_index(corpus, tmp_path, name, change))
+
+
+def test_changes_only_a_checksum_sees_are_found_on_request(corpus, tmp_path):
+    """A changed text hash, or a value changed within its range, passes the checks at open (they read values, not
+    every byte); verify_shards(contents=True) compares every file's CRC-32."""
+    from data.prepared import verify_shards
+
+    verify_shards(corpus, PreparedCorpus(corpus).manifest, contents=True)  # precondition: the corpus passes
+    def another_key_in_range(a):
+        a[4] = a.max() if a[4] != a.max() else a.min()
+
+    for name, change in (("key_hashes", _one_bit), ("length_keys", another_key_in_range)):
+        changed = changed_index(corpus, tmp_path, name, change)
+        with pytest.raises(DataError, match=rf"index file index/{name}.npy has CRC-32 \w+, the manifest says \w+ "
+                                            r"\(changed in place since it was prepared\)"):
+            verify_shards(changed, PreparedCorpus(changed).manifest, contents=True)
+
+
+def test_train_py_refuses_source_ids_outside_the_manifest(run, corpus, tmp_path):
+    """Issue 25: with --same-dataset-batches the run blamed the wrong file ('... has no rows'); now it stops before
+    training, naming the index file."""
+    model, _, _ = run
+    args = dict(model=model, group_size=3, batch_size=4, max_steps=1, same_dataset_batches=True, query_max_len=16,
+                passage_max_len=24, report_to="none")
+    train.main(train.TrainConfig.of(train_data=[changed_index(corpus, tmp_path, "source", lambda a: None)],
+                                 output_dir=str(tmp_path / "o1"), **args))  # precondition: an unchanged copy trains
+    with pytest.raises(SystemExit, match=r"data error: .*index/source.npy row 0: source id 7"):
+        train.main(train.TrainConfig.of(train_data=[changed_index(corpus, tmp_path, "source", _seven)],
+                                     output_dir=str(tmp_path / "o2"), **args))
+
+
+def damage(file: str, text: str, at: int = 0) -> None:
+    """Overwrite byte `at` of the one place `text` is stored in `file` with 0xff (never valid in UTF-8): the file
+    keeps its size, as with a bit flipped on disk."""
+    data = bytearray(open(file, "rb").read())
+    stored = text.encode()
+    assert data.count(stored) == 1, text
+    data[data.index(stored) + at] = 0xFF
+    open(file, "wb").write(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def one_shard(run, tmp_path_factory):
+    """A corpus of the 96-row file alone, in one shard -> (folder, its examples)."""
+    model, inputs, _ = run
+    out = str(tmp_path_factory.mktemp("one-shard") / "c")
+    prepare([inputs[0]], model, out, query_max_len=16, passage_max_len=24, **QUIET)
+    return out, load_examples([inputs[0]])[0]
+
+
+def test_a_shard_damaged_in_place_names_the_shard_and_row(one_shard, tmp_path):
+    """Issue 25: bytes flipped inside a shard failed after step 1 with a UnicodeDecodeError naming no file."""
+    from data.prepared import verify_shards
+
+    out, examples = one_shard
+    copy = str(tmp_path / "c")
+    shutil.copytree(out, copy)
+    (shard,) = [os.path.join(copy, s["file"]) for s in PreparedCorpus(copy).manifest["shards"]]
+    corpus = PreparedCorpus(copy)
+    assert corpus.row(40)["query"] == examples[40].query  # precondition: the row reads before the damage
+    damage(shard, examples[40].query)
+    corpus = PreparedCorpus(copy)  # opens: same size, and the index does not depend on the texts
+    with pytest.raises(DataError, match=rf"^{shard}: row 40 of the corpus \({examples[40].source}\) cannot be "
+                                        r"decoded \(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff.*\); "
+                                        "the shard was changed after it was written"):
+        corpus.row(40)
+    assert corpus.row(41)["query"] == examples[41].query  # the other rows of its record batch still read
+    with pytest.raises(DataError, match=r"shard shards/\S+ has CRC-32 \w+, the manifest says \w+ \(changed in place"):
+        verify_shards(copy, corpus.manifest, contents=True)  # on request: a read of every shard
+    verify_shards(out, corpus.manifest, contents=True)  # precondition: the undamaged corpus passes
+
+
+def test_damaged_offsets_in_a_shard_are_a_data_error_not_a_crash(one_shard, tmp_path):
+    """pyarrow aborts the whole process (std::length_error) when it decodes a string whose offsets run backwards;
+    the row read checks its own offsets first. Run in a child process, so that a crash cannot take pytest along."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    out, examples = one_shard
+    copy = str(tmp_path / "c")
+    shutil.copytree(out, copy)
+    (shard,) = [os.path.join(copy, s["file"]) for s in PreparedCorpus(copy).manifest["shards"]]
+    # the query column's offsets: int32, one more than the rows, each the UTF-8 bytes of the queries before it
+    offsets = np.cumsum([0] + [len(ex.query.encode()) for ex in examples]).astype(np.int32)
+    data = bytearray(open(shard, "rb").read())
+    assert data.count(offsets.tobytes()) == 1
+    at = data.index(offsets.tobytes()) + 4 * 41  # offsets[41]: the end of row 40, the start of row 41
+    read = ("import sys; from data.prepared import PreparedCorpus; "
+            "print(PreparedCorpus(sys.argv[1]).row(int(sys.argv[2]))['query'])")
+
+    def row(i):
+        return subprocess.run([sys.executable, "-c", read, copy, str(i)], cwd=REPO, capture_output=True, text=True)
+
+    assert row(40).stdout.strip() == examples[40].query  # precondition: the read works before the damage
+    data[at:at + 4] = np.int32(offsets[40] - 5).tobytes()  # row 40 would end 5 bytes before it starts
+    open(shard, "wb").write(bytes(data))
+    done = row(40)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert f"DataError: {shard}: row 40 of the corpus ({examples[40].source}) cannot be decoded" in done.stderr
+    done = row(10)  # another row of the same record batch: the damaged row is named all the same
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert f"{shard}: row 40 of the corpus ({examples[40].source}) cannot be decoded" in done.stderr
+    assert "found reading row 10 from the same record batch" in done.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_py_on_a_damaged_shard_stops_with_the_shards_name(run, one_shard, tmp_path, workers):
+    model = run[0]
+    out, examples = one_shard
+    copy = str(tmp_path / "c")
+    shutil.copytree(out, copy)
+    args = dict(model=model, group_size=3, batch_size=4, max_steps=1, query_max_len=16, passage_max_len=24,
+                report_to="none", num_workers=workers)
+    train.main(train.TrainConfig.of(train_data=[copy], output_dir=str(tmp_path / "o1"), **args))  # precondition
+    (shard,) = [os.path.join(copy, s["file"]) for s in PreparedCorpus(copy).manifest["shards"]]
+    for ex in {ex.query: ex for ex in examples}.values():  # every row's query: the first batch meets one
+        damage(shard, ex.query)
+    with pytest.raises(SystemExit, match=rf"data error: {shard}: row \d+ of the corpus \(\S+:\d+\) cannot be decoded"):
+        train.main(train.TrainConfig.of(train_data=[copy], output_dir=str(tmp_path / "o2"), **args))
+
+
+def test_a_folder_source_keeps_each_rows_file_and_line(run, tmp_path):
+    """A folder is one source, read file by file: a prepared row names its file in the folder and its line, as the
+    raw rows do (before, `datasets` numbered the folder's rows as one table)."""
+    model, _, _ = run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"query": f"q{i}", "pos": [f"p{i}"]} for i in range(3)])
+    write_jsonl(folder / "b.jsonl", [{"query": f"r{i}", "pos": [f"s{i}"], "neg": [f"t{i}"]} for i in range(4)])
+    examples, _ = load_examples([str(folder)])
+    assert [ex.source for ex in examples] == [f"{folder}/a.jsonl:{i}" for i in (1, 2, 3)] + [
+        f"{folder}/b.jsonl:{i}" for i in (1, 2, 3, 4)]
+    out = str(tmp_path / "c")
+    prepare([str(folder)], model, out, **QUIET)
+    corpus = PreparedCorpus(out)
+    assert [corpus.where(i) for i in range(len(corpus))] == [ex.source for ex in examples]
+    assert PreparedGroupedDataset(corpus, 1).example(4).source == examples[4].source
+    # an empty folder (datasets' EmptyDatasetError before) and an input given twice are refused, nothing written
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=f"^{tmp_path}/empty: the folder holds no data files"):
+        prepare([str(tmp_path / "empty")], model, str(tmp_path / "d"), **QUIET)
+    with pytest.raises(DataError, match=f"^{folder}: given twice"):
+        prepare([str(folder), str(folder)], model, str(tmp_path / "d"), **QUIET)
+    assert sorted(os.listdir(tmp_path)) == ["c", "empty", "in"]
 
 
 def test_a_corpus_prepared_for_other_settings_is_refused_with_the_differences(run, corpus, tmp_path):
     model, inputs, _ = run
     args = dict(model=model, train_data=[corpus], group_size=3, batch_size=4, max_steps=1, report_to="none",
                 query_max_len=16, passage_max_len=24, output_dir=str(tmp_path / "o"))
-    train.main(train.TrainConfig(**args))  # precondition: the matching settings train
+    train.main(train.TrainConfig.of(**args))  # precondition: the matching settings train
     with pytest.raises(SystemExit) as e:
-        train.main(train.TrainConfig(**{**args, "passage_max_len": 32, "query_prompt": "query: ",
+        train.main(train.TrainConfig.of(**{**args, "passage_max_len": 32, "query_prompt": "query: ",
                                         "output_dir": str(tmp_path / "o2")}))
+    # through train.py: the fields until train.py shows its flags (issue 22: train.py maps OptionError.fields)
     assert "--passage-max-len: 24 in the corpus, 32 in this run" in str(e.value)
     assert "--query-prompt: '' in the corpus, 'query: ' in this run" in str(e.value)
     with pytest.raises(SystemExit, match="rows: query/passage groups in the corpus, nli for this loss"):
-        train.main(train.TrainConfig(**{**args, "loss": "softmax", "output_dir": str(tmp_path / "o3")}))
+        train.main(train.TrainConfig.of(**{**args, "loss": "softmax", "output_dir": str(tmp_path / "o3")}))
+    # the library call: an OptionError naming the settings' fields
+    other_settings = EncoderSettings(query_max_len=16, passage_max_len=32, query_prompt="query: ")
+    with pytest.raises(OptionError) as e:
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), other_settings, RowKind.GROUPS)
+    assert e.value.fields == ("passage_max_len", "query_prompt") and "--" not in str(e.value)
+    assert "passage_max_len: 24 in the corpus, 32 in this run" in str(e.value)
+    with pytest.raises(DataError, match="rows: query/passage groups in the corpus, nli for this loss"):
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), SETTINGS, RowKind.NLI_PAIRS)
     # another tokenizer: the same folder with one more token
     other = str(tmp_path / "other-tokenizer")
     tok = AutoTokenizer.from_pretrained(model)
     tok.add_tokens(["zzzunseenword"])
     tok.save_pretrained(other)
     with pytest.raises(DataError, match=r"tokenizer \(fingerprint\): '\w+' in the corpus, '\w+' in this run"):
-        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(other), SETTINGS, None)
-    PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), SETTINGS, None)  # precondition
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(other), SETTINGS, RowKind.GROUPS)
+    for rows in (RowKind.GROUPS, RowKind.SCORED_GROUPS):  # precondition: the same tokenizer and settings pass
+        PreparedCorpus(corpus).check_settings(AutoTokenizer.from_pretrained(model), SETTINGS, rows)
 
 
 def test_prepared_corpus_is_the_only_train_data_and_weights_count_its_sources(run, corpus):
     model, inputs, _ = run
     with pytest.raises(SystemExit, match="a prepared corpus must be the only --train-data"):
-        train.main(train.TrainConfig(model=model, train_data=[corpus, inputs[0]]))
-    with pytest.raises(SystemExit, match="3 dataset weights for 2 training files"):
-        train.main(train.TrainConfig(model=model, train_data=[corpus], same_dataset_batches=True,
+        train.main(train.TrainConfig.of(model=model, train_data=[corpus, inputs[0]]))
+    with pytest.raises(SystemExit, match="3 weights for 2 training files"):
+        train.main(train.TrainConfig.of(model=model, train_data=[corpus], same_dataset_batches=True,
                                      dataset_weights=[1, 1, 1]))
 
 
@@ -333,7 +562,8 @@ def test_a_datasets_folder_is_a_source_like_a_file(run, tmp_path):
     model, inputs, _ = run
     examples, _ = load_examples([inputs[1]])
     folder = str(tmp_path / "ds")
-    datasets.Dataset.from_list([{"query": ex.query, "pos": ex.pos, "neg": ex.neg} for ex in examples]).save_to_disk(folder)
+    datasets.Dataset.from_list([{"query": ex.query, "pos": ex.pos, "neg": ex.neg}
+                                for ex in examples]).save_to_disk(folder)
     a = prepare([inputs[1]], model, str(tmp_path / "a"), **QUIET)
     b = prepare([folder], model, str(tmp_path / "b"), **QUIET)
     assert a["content_digest"] == b["content_digest"] and a["rows"] == b["rows"] == 80
@@ -344,4 +574,5 @@ def test_train_py_says_when_preparing_would_pay():
 
     assert prepare_hint(PREPARE_HINT_ROWS - 1, ["a.jsonl"]) is None
     hint = prepare_hint(PREPARE_HINT_ROWS, ["a.jsonl", "b.tsv"])
-    assert "python -m scripts.prepare_data --input a.jsonl b.tsv" in hint and "--train-data DIR" in hint
+    assert "python -m scripts.prepare_data --input a.jsonl b.tsv" in hint and "then train on DIR" in hint
+    assert "--model" not in hint and "--train-data" not in hint  # a library note names no train.py flag

@@ -39,11 +39,11 @@ def eval_files(tmp_path):
 
 
 @pytest.mark.parametrize("train, message", [
-    ({"loss": "triplet", "train_data": ["data/sample/train.jsonl"]},
+    ({"loss": "triplet", "train_data": ["sample_data/train.jsonl"]},
      r"row\.yaml: train\.loss: unknown loss 'triplet'"),
-    ({"loss": "infonce", "train_data": ["data/sample/missing.jsonl"]},
-     r"row\.yaml: train\.train_data\[0\]: data/sample/missing\.jsonl does not exist"),
-    ({"loss": "infonce", "train_data": ["data/sample/train.jsonl"], "temprature": 0.1},
+    ({"loss": "infonce", "train_data": ["sample_data/missing.jsonl"]},
+     r"row\.yaml: train\.train_data\[0\]: sample_data/missing\.jsonl does not exist"),
+    ({"loss": "infonce", "train_data": ["sample_data/train.jsonl"], "temprature": 0.1},
      r"row\.yaml: train\.temprature: not a train\.py option"),
 ])
 def test_bad_config_stops_before_training_naming_file_and_key(tmp_path, train, message):
@@ -58,8 +58,8 @@ def test_bad_config_stops_before_training_naming_file_and_key(tmp_path, train, m
 def test_failed_run_is_reported_others_finish_and_reruns_skip(tmp_path):
     model = tmp_path / "tiny"
     tiny_bi_encoder(minilm_path()).save(str(model))
-    good = {"step": 1, "label": "good", "train": {"loss": "infonce", "train_data": ["data/sample/train.jsonl"]}}
-    bad = {"step": 1, "label": "bad", "train": {"loss": "infonce", "train_data": ["data/sample/train.jsonl"],
+    good = {"step": 1, "label": "good", "train": {"loss": "infonce", "train_data": ["sample_data/train.jsonl"]}}
+    bad = {"step": 1, "label": "bad", "train": {"loss": "infonce", "train_data": ["sample_data/train.jsonl"],
                                                  "grad_cache_chunk": 100000}}  # train.py refuses it at start-up
     write_grid(tmp_path / "grid", model, {"1-bad": bad, "1-good": good}, eval_files(tmp_path))
     args = ("--experiments", tmp_path / "grid", "--outputs", tmp_path / "out", "--table-dir", tmp_path / "table")
@@ -102,3 +102,14 @@ def test_table_says_which_rows_beat_the_base_by_more_than_their_seed_spread():
     assert "| 0 | base | – | 0.4000 | 0.3000 ± 0.0100 | 0.8000 ± 0.0100 | – |" in table
     assert "| 1 | good | 3 | 0.5000 ± 0.0400 | 0.3000 ± 0.0100 | 0.8000 ± 0.0100 | +0.1000: beats base |" in table
     assert "| softmax | 3 | 0.3500 ± 0.0200 |" in table and "−0.0500: worse than base |" in table
+
+
+def test_readme_results_come_from_the_script():
+    """README.md's result figures are written by `python -m scripts.readme_results` (issue 22: they had gone stale),
+    never typed in: the block between its markers is the script's output."""
+    from scripts.readme_results import MARKS
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split(MARKS[0], 1)[1].split(MARKS[1], 1)[0]
+    assert block.startswith("\nMeasured by `python -m scripts.readme_results` on 20"), block[:200]
+    assert "`make quickstart` (" in block and "KorSTS test Spearman" in block

@@ -1,5 +1,6 @@
-"""data/bucket_sampler.py (the planner) and data/sampler_inputs.py: bucket purity, rank alignment, no duplicate
-texts, determinism, exact resume, same-file batches with weights, and train.py with all of it on.
+"""data/batch_planner.py (the planner), data/length_buckets.py, data/text_ids.py and data/sampler_inputs.py: bucket
+purity, rank alignment, no duplicate texts, determinism, exact resume, same-file batches with weights, and train.py
+with all of it on.
 
 The sampler is pure computation, so ranks 0..W-1 are simulated in one process.
 """
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 
 import train
-from data.bucket_sampler import (MIXED, BucketBatchSampler, quantile_boundaries, rows_that_can_collide,
-                                 stable_cell_order)
+from data.batch_planner import MIXED, BucketBatchSampler, stable_cell_order
+from data.length_buckets import quantile_boundaries
+from data.text_ids import rows_that_can_collide
 from data.sampler_inputs import length_keys, text_ids
+from data.batch_planner import check_sampler_options
 from data.examples import Example
+from data.tables import OptionError
 from tests.helpers import DATA, make_tiny_run_files, minilm_path, needs_data
 
 
@@ -80,7 +84,8 @@ def test_buckets_that_hold_whole_batches_give_only_pure_batches():
 def test_ranks_get_disjoint_slices_of_the_same_global_batch_and_equal_steps():
     data = examples_with_duplicates(600)
     for world in (1, 3, 4):
-        ranks = [BucketBatchSampler(600, 8, world_size=world, rank=r, length_keys=random_keys(600), text_ids=text_ids(data))
+        ranks = [BucketBatchSampler(600, 8, world_size=world, rank=r, length_keys=random_keys(600),
+                                    text_ids=text_ids(data))
                  for r in range(world)]
         for epoch in (0, 1):
             for s in ranks:
@@ -113,8 +118,9 @@ def test_no_duplicate_texts_in_a_global_batch_and_collisions_are_deferred_not_dr
 def test_data_where_no_clean_batch_exists_is_a_clear_error():
     data = [Example("same question", [f"doc {i}"]) for i in range(20)]
     s = BucketBatchSampler(20, 4, text_ids=text_ids(data))
-    with pytest.raises(ValueError, match="without repeating a text.*--dedup-batches"):
+    with pytest.raises(OptionError, match="without repeating a text.*lower batch_size or turn off dedup") as e:
         s.plan(0)
+    assert e.value.fields == ("batch_size", "dedup")
 
 
 # ------------------------------------------------------------------ determinism and resume
@@ -185,23 +191,37 @@ def test_dataset_weights_set_each_files_share_of_batches():
     assert s.plan(0).extra_passes > 0  # file 2 (20 batches a pass) is upsampled to ~75 batches an epoch
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(file_weights=[1, 2], same_file=True), "2 dataset weights for 3 training files"),
-    (dict(file_weights=[1, -1, 1], same_file=True), "must be ≥ 0"),
-    (dict(file_weights=[1, 1, 1]), "need same-dataset batches"),
-    (dict(boundaries=[64, 32]), "strictly increasing"),
+@pytest.mark.parametrize("kw, message, field", [
+    (dict(file_weights=[1, 2], same_file=True), r"dataset_weights \[1.0, 2.0\]: 2 weights for 3 training files",
+     "dataset_weights"),
+    (dict(file_weights=[1, -1, 1], same_file=True), "must be ≥ 0", "dataset_weights"),
+    (dict(file_weights=[1, 1, 1]), r"need same-dataset batches \(set same_dataset\)", "dataset_weights"),
+    (dict(sampling_alpha=0.5), r"^sampling_alpha: chooses the source", "sampling_alpha"),
+    (dict(boundaries=[64, 32]), "strictly increasing", "boundaries"),
 ])
-def test_bad_options_say_what_to_change(kw, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_options_say_what_to_change(kw, message, field):
+    sampler(len(FILES), batch_size=4, world_size=2, file_index=FILES)  # precondition: the defaults work
+    with pytest.raises(OptionError, match=message) as e:
         sampler(len(FILES), batch_size=4, world_size=2, file_index=FILES, **kw)
+    assert e.value.field == field and "--" not in str(e.value)  # a library error names the field, never a flag
+
+
+def test_an_option_error_shows_a_command_lines_names():
+    """train.py shows an OptionError with its flags: each {field} of the message becomes the name it is given."""
+    with pytest.raises(OptionError) as e:
+        check_sampler_options(2, None, False, None, sampling_alpha=0.5)
+    flags = {"sampling_alpha": "--sampling-alpha", "same_dataset": "--same-dataset-batches"}
+    assert str(e.value).startswith("sampling_alpha: ") and "(set same_dataset)" in str(e.value)
+    shown = e.value.text(flags)
+    assert shown.startswith("--sampling-alpha: ") and "(set --same-dataset-batches)" in shown
 
 
 def test_file_smaller_than_a_global_batch_is_refused_with_same_dataset_batches():
     files = [0] * 100 + [1] * 5
-    with pytest.raises(ValueError, match="small.jsonl has 5 examples, fewer than one global batch.*merge it"):
+    with pytest.raises(OptionError, match="small.jsonl has 5 examples, fewer than one global batch.*merge it"):
         sampler(105, batch_size=4, world_size=2, file_index=files, same_file=True,
                 file_names=["big.jsonl", "small.jsonl"])
-    with pytest.raises(ValueError, match="fewer than one global batch"):
+    with pytest.raises(OptionError, match="fewer than one global batch.*lower batch_size"):
         sampler(6, batch_size=4, world_size=2)
 
 
@@ -234,12 +254,14 @@ def test_train_py_with_buckets_same_file_batches_and_weights(tmp_path, capsys):
                     + "\n")
     args = dict(model=model_dir, train_data=[data, str(long_file)], group_size=3, batch_size=4, max_steps=3,
                 log_steps=1, report_to="none", same_dataset_batches=True, dataset_weights=[1.0, 2.0], num_buckets=2)
-    result = train.main(train.TrainConfig(**args, output_dir=str(tmp_path / "out")))
+    result = train.main(train.TrainConfig.of(**args, output_dir=str(tmp_path / "out")))
     assert result["steps"] == 3
     out = capsys.readouterr().out
     assert "2 length buckets" in out and "each from one file" in out and "14 global batches of 4×1" in out
-    with pytest.raises(SystemExit, match="data error: 1 dataset weights for 2 training files"):
-        train.main(train.TrainConfig(**{**args, "dataset_weights": [1.0]}, output_dir=str(tmp_path / "bad")))
+    # the flag, from train.py (it maps OptionError.fields to flags)
+    with pytest.raises(SystemExit, match=r"data error: --dataset-weights \[1.0\]: 1 weights for 2 "
+                                         "training files"):
+        train.main(train.TrainConfig.of(**{**args, "dataset_weights": [1.0]}, output_dir=str(tmp_path / "bad")))
 
 
 @needs_data

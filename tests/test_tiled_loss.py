@@ -8,8 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
 from losses import CosineLoss, DistillLoss, GTELoss, InfoNCELoss, MNRLoss, SoftmaxNLILoss, build_loss
-from losses.tiled import (DEFAULT_TILE, TiledDistillLoss, TiledGTELoss, TiledInfoNCELoss, choose_tiling,
-                          tiled_form, tiled_log_sum_exp)
+from losses import choose_tiling, tiled_form
+from losses.tiled import DEFAULT_TILE, TiledDistillLoss, TiledGTELoss, TiledInfoNCELoss, tiled_log_sum_exp
 from tests.helpers import make_tiny_run_files, minilm_path, tiny_bi_encoder
 from training.step import train_step
 
@@ -123,8 +123,9 @@ DENSE = {  # name -> build_loss kwargs
 @pytest.mark.parametrize("case", list(DENSE))
 def test_tiled_equals_dense_loss_code(case, dtype, rows, tile):
     kwargs = dict(DENSE[case])
-    dense = build_loss(kwargs.pop("name"), dim=D, temperature=TAU, **kwargs)
-    tiled = tiled_form(dense, tile)
+    name = kwargs.pop("name")
+    dense = build_loss(name, dim=D, temperature=TAU, **kwargs)
+    tiled = tiled_form(name, dense, tile)
     q, p = _embeddings(dtype)
     local = list(range(N))[rows or slice(None)]
     teacher = torch.randn(len(local), G, generator=torch.Generator().manual_seed(2))
@@ -142,7 +143,7 @@ def test_dense_gte_own_group_option_when_present():
         dense = GTELoss(TAU, exclude_own_group=True)
     except TypeError:
         pytest.skip("GTELoss has no exclude_own_group option yet (issue 15)")
-    tiled = tiled_form(dense, 3)
+    tiled = tiled_form("gte", dense, 3)
     assert tiled.exclude_own_group is True
     q, p = _embeddings(torch.float32)
     want, got = _value_and_grads(dense, q, p), _value_and_grads(tiled, q, p)
@@ -188,7 +189,7 @@ def test_no_tensor_as_large_as_the_similarity_matrix(name):
     p = torch.randn(n * group, dim, generator=gen, requires_grad=True)
     teacher = torch.randn(n, group, generator=gen)
     sizes = {}
-    for label, loss in (("dense", dense), ("tiled", tiled_form(dense, tile))):
+    for label, loss in (("dense", dense), ("tiled", tiled_form(name, dense, tile))):
         with _LargestTensor() as probe:
             loss(q, p, teacher_scores=teacher).backward()
         sizes[label] = probe.largest
@@ -217,7 +218,7 @@ def test_grad_cache_with_tiled_loss_equals_dense_plain_step(name):
     plain = train_step(accelerator, model, dense, batch, gather=False)
     ref = {n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None}
     model.zero_grad()
-    cached = train_step(accelerator, model, tiled_form(dense, 3), batch, gather=False, grad_cache_chunk=5)
+    cached = train_step(accelerator, model, tiled_form(name, dense, 3), batch, gather=False, grad_cache_chunk=5)
     assert cached.item() == pytest.approx(plain.item(), rel=1e-6)
     assert len(ref) > 30
     for n, g in ref.items():
@@ -228,9 +229,9 @@ def test_train_py_tiled_loss_same_losses(tmp_path, capsys):
     model_dir, data = make_tiny_run_files(str(tmp_path), minilm_path(), rows=24)
     args = dict(model=model_dir, train_data=[data], loss="gte", group_size=3, batch_size=4, max_steps=3,
                 log_steps=1, lr=1e-3, report_to="none")
-    dense = train.main(train.TrainConfig(**args, output_dir=str(tmp_path / "dense")))
+    dense = train.main(train.TrainConfig.of(**args, output_dir=str(tmp_path / "dense")))
     assert "similarities at a time" not in capsys.readouterr().out
-    tiled = train.main(train.TrainConfig(**args, output_dir=str(tmp_path / "tiled"), loss_tile_size=3))
+    tiled = train.main(train.TrainConfig.of(**args, output_dir=str(tmp_path / "tiled"), loss_tile_size=3))
     assert "loss gte: tiled, 3 × 3 similarities" in capsys.readouterr().out
     assert [h["loss"] for h in tiled["history"]] == pytest.approx([h["loss"] for h in dense["history"]], rel=1e-5)
 
@@ -238,51 +239,51 @@ def test_train_py_tiled_loss_same_losses(tmp_path, capsys):
 # ---------------------------------------------------------------- choice and bad input
 def test_automatic_choice():
     gte = GTELoss(0.05)
-    assert choose_tiling(gte, None, tile_above=16, batch_queries=16) is gte  # not above: dense
-    auto = choose_tiling(gte, None, tile_above=16, batch_queries=17)
+    assert choose_tiling("gte", gte, None, tile_above=16, batch_queries=16) is gte  # not above: dense
+    auto = choose_tiling("gte", gte, None, tile_above=16, batch_queries=17)
     assert isinstance(auto, TiledGTELoss) and auto.tile_size == 17  # min(DEFAULT_TILE, batch)
-    big = choose_tiling(gte, None, tile_above=16, batch_queries=65536)
+    big = choose_tiling("gte", gte, None, tile_above=16, batch_queries=65536)
     assert big.tile_size == DEFAULT_TILE
-    assert choose_tiling(gte, None, tile_above=0, batch_queries=65536) is gte  # 0 = never automatically
+    assert choose_tiling("gte", gte, None, tile_above=0, batch_queries=65536) is gte  # 0 = never automatically
     cosine = CosineLoss()
-    assert choose_tiling(cosine, None, tile_above=16, batch_queries=65536) is cosine  # nothing to tile
-    assert isinstance(choose_tiling(MNRLoss(), 8, tile_above=16, batch_queries=8), TiledInfoNCELoss)
-    assert isinstance(tiled_form(InfoNCELoss(0.05), 8), TiledInfoNCELoss)
+    assert choose_tiling("cosine", cosine, None, tile_above=16, batch_queries=65536) is cosine  # nothing to tile
+    assert isinstance(choose_tiling("mnrl", MNRLoss(), 8, tile_above=16, batch_queries=8), TiledInfoNCELoss)
+    assert isinstance(tiled_form("infonce", InfoNCELoss(0.05), 8), TiledInfoNCELoss)
 
 
 @pytest.mark.parametrize("tile", [0, -3, 2.5, True])
 def test_bad_tile_size_is_refused(tile):
     with pytest.raises(ValueError, match="must be a positive number of rows"):
-        tiled_form(InfoNCELoss(0.05), tile)
+        tiled_form("infonce", InfoNCELoss(0.05), tile)
 
 
 def test_tile_larger_than_the_batch_is_refused():
     with pytest.raises(ValueError, match="tile size 64 is larger than the global batch of 32 queries"):
-        choose_tiling(InfoNCELoss(0.05), 64, tile_above=16384, batch_queries=32)
-    assert choose_tiling(InfoNCELoss(0.05), 32, tile_above=16384, batch_queries=32).tile_size == 32  # the limit
+        choose_tiling("infonce", InfoNCELoss(0.05), 64, tile_above=16384, batch_queries=32)
+    assert choose_tiling("infonce", InfoNCELoss(0.05), 32, tile_above=16384, batch_queries=32).tile_size == 32  # the limit
     with pytest.raises(ValueError, match="must be ≥ 0"):
-        choose_tiling(InfoNCELoss(0.05), None, tile_above=-1, batch_queries=32)
+        choose_tiling("infonce", InfoNCELoss(0.05), None, tile_above=-1, batch_queries=32)
 
 
-@pytest.mark.parametrize("loss, name", [(CosineLoss(), "'cosine'"), (SoftmaxNLILoss(8), "'softmax'"),
-                                        (DistillLoss(None, mode="kl"), "'distill' with --distill-base none")])
+@pytest.mark.parametrize("loss, name", [(CosineLoss(), "cosine"), (SoftmaxNLILoss(8), "softmax"),
+                                        (DistillLoss(None, mode="kl"), "distill")])
 def test_loss_without_tiled_form_is_refused_by_name(loss, name):
-    with pytest.raises(ValueError, match=f"loss {name}.*no tiled form"):
-        tiled_form(loss, 4)
+    with pytest.raises(ValueError, match=f"loss '{name}'.*no tiled form"):
+        tiled_form(name, loss, 4)
 
 
 def test_train_py_refuses_bad_tiling_before_training(tmp_path):
     model_dir, data = make_tiny_run_files(str(tmp_path), minilm_path(), rows=8)
     base = dict(model=model_dir, train_data=[data], group_size=3, batch_size=4, report_to="none",
                 output_dir=str(tmp_path / "o"))
-    with pytest.raises(SystemExit, match="--loss-tile-size.*must be a positive number of rows, got 0"):
-        train.main(train.TrainConfig(**base, loss_tile_size=0))
+    with pytest.raises(SystemExit, match="--loss-tile-size 0: the tile size must be a positive number of rows, got 0"):
+        train.main(train.TrainConfig.of(**base, loss_tile_size=0))
     with pytest.raises(SystemExit, match="tile size 5 is larger than the global batch of 4 queries"):
-        train.main(train.TrainConfig(**base, loss_tile_size=5))
+        train.main(train.TrainConfig.of(**base, loss_tile_size=5))
     scored = tmp_path / "scored.jsonl"
     scored.write_text("".join(f'{{"sentence1": "a cat {i}", "sentence2": "a dog {i}", "score": {i % 5}}}\n'
                               for i in range(8)))
-    with pytest.raises(SystemExit, match="--loss cosine.*loss 'cosine' has no tiled form"):
-        train.main(train.TrainConfig(**{**base, "train_data": [str(scored)], "group_size": 1}, loss="cosine",
+    with pytest.raises(SystemExit, match="--loss-tile-size 2: loss 'cosine' has no tiled form"):
+        train.main(train.TrainConfig.of(**{**base, "train_data": [str(scored)], "group_size": 1}, loss="cosine",
                                      loss_tile_size=2))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # stopped before training

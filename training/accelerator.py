@@ -24,8 +24,8 @@ def resolve_precision(mixed_precision: str) -> str:
     return mixed_precision
 
 
-def build_accelerator(cfg) -> tuple[Accelerator, str]:
-    """-> (accelerator, precision description for the log). cfg: train.TrainConfig."""
+def build_accelerator(cfg, output) -> tuple[Accelerator, str]:
+    """-> (accelerator, precision description for the log). cfg: training.config.OptimConfig, output: OutputConfig."""
     mixed = resolve_precision(cfg.mixed_precision)
     ds_limits = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                      max_grad_norm=cfg.max_grad_norm, mixed_precision=mixed,
@@ -50,8 +50,8 @@ def build_accelerator(cfg) -> tuple[Accelerator, str]:
                               # prepared LR scheduler step once per optimizer step (without it accelerate steps it
                               # num_processes times, and a 2-process run reached lr 0 halfway through)
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
-                              log_with=None if cfg.report_to == "none" else cfg.report_to,
-                              project_dir=os.path.join(cfg.output_dir, "runs"))
+                              log_with=None if output.report_to == "none" else output.report_to,
+                              project_dir=os.path.join(output.output_dir, "runs"))
     if uses_deepspeed(accelerator) and ds_plugin is None:  # config from `accelerate launch`: same checks, in place
         plugin = accelerator.state.deepspeed_plugin
         if uses_torch_autocast(plugin.deepspeed_config, mixed, "the accelerate DeepSpeed config"):
@@ -68,3 +68,14 @@ def build_accelerator(cfg) -> tuple[Accelerator, str]:
 
 def uses_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def finish(accelerator: Accelerator) -> None:
+    """End the run on every process together: trackers closed, a last barrier, then the process group torn down
+    before the interpreter exits. Left to interpreter exit, a process whose peer already closed its gloo
+    connections could abort in teardown ("terminate called without an active exception", exit -6) after a
+    complete run; a CI run of the 2-process ZeRO-3 resume test did."""
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()

@@ -1,1 +1,0 @@
-"""Libraries for the scripts in scripts/ (imported, never run): nothing here is a command-line entry point."""
