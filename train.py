@@ -133,7 +133,8 @@ def main(cfg: TrainConfig) -> dict:
         progress.update(1)
         if step % out.log_steps == 0 or step == total_steps:
             stats = {**window.close(), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-            progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", pairs_s=f"{stats['pairs_per_s']:.1f}")
+            progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
+                                 pairs_s=f"{stats['pairs_per_s']:.1f}")
             accelerator.log(stats, step=step)
             history.append({"step": step, **stats})
         if out.eval_sts and ((out.eval_steps and step % out.eval_steps == 0) or step == total_steps):
