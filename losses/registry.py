@@ -87,8 +87,8 @@ def _with_values(options: dict, values: dict) -> dict:
     """options with each flat key of `values` set in the options dataclass of the loss that declares it."""
     options = dict(options)
     for key, value in values.items():
-        owner = next((n for n, s in REGISTRY.items() if s.options is not None and key in s.options.__dataclass_fields__),
-                     None)
+        owner = next((n for n, s in REGISTRY.items()
+                      if s.options is not None and key in s.options.__dataclass_fields__), None)
         if owner is None:
             raise TypeError(f"no registered loss has an option {key!r}")
         current = options.get(owner) or REGISTRY[owner].options()

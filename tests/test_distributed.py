@@ -253,8 +253,9 @@ def ddp_bf16_run(tiny_run, tmp_path_factory):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_bf16_saves_fp32_master_weights(tiny_run, ddp_bf16_run, tmp_path, stage):
     """configs/deepspeed/zero{2,3}_bf16_lean.json: DeepSpeed bf16 casts the module to bf16 (W0 is rounded once, at
-    start) and keeps fp32 master weights in the optimizer; at a small lr the bf16 module barely moves. The saved folder must hold the master weights: fp32,
-    every trained entry moved from bf16(W0), by about the update a DDP bf16-autocast run makes. Measured here:
+    start) and keeps fp32 master weights in the optimizer; at a small lr the bf16 module barely moves. The saved
+    folder must hold the master weights: fp32, every trained entry moved from bf16(W0), by about the update a DDP
+    bf16-autocast run makes. Measured here:
     master weights 99.997% of entries moved, |update − DDP's update| = 4.6% of |DDP's update|; the bf16 module
     (what was saved before) bf16 dtype, 0.28% moved, 91% — it fails every check below."""
     out = str(tmp_path / "out")
@@ -340,7 +341,8 @@ def test_grad_cache_chunk_checks(tiny_run, tmp_path):
                 output_dir=str(tmp_path / "o"))
     with pytest.raises(SystemExit, match="--grad-cache-chunk -1: must be ≥ 0"):
         train.main(train.TrainConfig.of(**base, grad_cache_chunk=-1))
-    with pytest.raises(SystemExit, match="--grad-cache-chunk 12 is not smaller than the batch's 4 queries × 3 passages"):
+    with pytest.raises(SystemExit,
+                       match="--grad-cache-chunk 12 is not smaller than the batch's 4 queries × 3 passages"):
         train.main(train.TrainConfig.of(**base, grad_cache_chunk=12))
 
 
