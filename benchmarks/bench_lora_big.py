@@ -91,10 +91,10 @@ def one_run(args) -> dict:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / max(args.steps, 1)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"shape": args.shape, "attention": config._attn_implementation, "rank": args.rank, "batch": args.batch, "chunk": args.chunk,
-            "query_len": args.query_len, "passage_len": args.passage_len, "trained_parameters": trained,
-            "frozen_parameters": frozen, "seconds_per_step": seconds, "pairs_per_s": args.batch / seconds,
-            "peak_bytes": peak, "last_loss": loss,
+    return {"shape": args.shape, "attention": config._attn_implementation, "rank": args.rank, "batch": args.batch,
+            "chunk": args.chunk, "query_len": args.query_len, "passage_len": args.passage_len,
+            "trained_parameters": trained, "frozen_parameters": frozen, "seconds_per_step": seconds,
+            "pairs_per_s": args.batch / seconds, "peak_bytes": peak, "last_loss": loss,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

@@ -56,7 +56,7 @@ def one_run(args) -> dict:
     from transformers import BertModel
 
     from losses import build_loss
-    from losses.tiled import tiled_form
+    from losses.registry import tiled_form
     from models.bi_encoder import BiEncoder
     from models.settings import EncoderSettings
     from training.step import train_step
@@ -73,7 +73,7 @@ def one_run(args) -> dict:
         model.backbone = torch.compile(model.backbone, dynamic=False)
     loss_fn = build_loss("infonce", dim=model.dim, temperature=0.02)
     if args.loss_tile:
-        loss_fn = tiled_form(loss_fn, args.loss_tile)
+        loss_fn = tiled_form("infonce", loss_fn, args.loss_tile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()

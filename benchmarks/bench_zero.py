@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per arm and chunk count")
     ap.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (allocator, ZeRO-3 trace)")
-    ap.add_argument("--rounds", type=int, default=2, help="launches of each arm, round-robin; the fastest counts")
+    ap.add_argument("--rounds", type=int, default=1, help="launches of each arm, round-robin; the fastest counts "
+                    "(more guard against a busy minute on a shared machine; each adds a launch of every arm)")
     ap.add_argument("--threads", type=int, default=1, help="CPU: torch threads per process")
     ap.add_argument("--arm-timeout", type=int, default=900, help="seconds before an arm's launch is abandoned")
     ap.add_argument("--json", default=None, help="write every arm's result here")

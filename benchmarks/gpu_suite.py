@@ -46,16 +46,16 @@ DEEPSPEED_NEEDS = ("hjson==3.1.0", "pydantic==2.14.4", "pydantic-core==2.50.5", 
 SIZES = {
     "gpu": {"mfu": {"batches": [1024], "chunk": 512, "query_len": 32, "passage_len": 128, "steps": 3},
             "ceiling": {"batches": [65536, 262144], "chunk": 1024, "query_len": 16, "passage_len": 32, "tile": 4096},
-            "zero": {"batch": 4096, "chunks": 8, "hidden": 384, "layers": 6, "steps": 3, "warmup": 1,
+            "zero": {"batch": 4096, "chunks": 8, "hidden": 384, "layers": 6, "vocab": 30522, "steps": 3, "warmup": 1,
                      "arms": ["ddp+gradcache", "zero1+gradcache", "zero2+gradcache", "zero3+gradcache"]},
             "lora": {"shape": "gemma2-9b", "batch": 256, "chunk": 32, "query_len": 32, "passage_len": 128,
                      "rank": 16, "steps": 1}},
     # one process per configuration, as on the GPU, but fewer of them (ZeRO-1/2 differ from ZeRO-3 in config only)
-    "dry": {"mfu": {"batches": [32], "chunk": 16, "query_len": 8, "passage_len": 16, "steps": 1},
-            "ceiling": {"batches": [1024], "chunk": 256, "query_len": 8, "passage_len": 8, "tile": 128},
-            "zero": {"batch": 16, "chunks": 4, "hidden": 64, "layers": 1, "steps": 1, "warmup": 1,
+    "dry": {"mfu": {"batches": [8], "chunk": 4, "query_len": 8, "passage_len": 8, "steps": 1},
+            "ceiling": {"batches": [256], "chunk": 64, "query_len": 8, "passage_len": 8, "tile": 64},
+            "zero": {"batch": 8, "chunks": 4, "hidden": 64, "layers": 1, "vocab": 1000, "steps": 1, "warmup": 1,
                      "arms": ["ddp+gradcache", "zero3+gradcache"]},
-            "lora": {"shape": "tiny", "batch": 16, "chunk": 8, "query_len": 8, "passage_len": 16, "rank": 8,
+            "lora": {"shape": "tiny", "batch": 8, "chunk": 4, "query_len": 8, "passage_len": 8, "rank": 8,
                      "steps": 1}},
 }
 
@@ -82,7 +82,9 @@ def bench_memory(args, sizes: dict, batch: int, chunk: int, extra: list[str], ti
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
         cmd += ["--peak-tflops", str(peak)] if peak else []
-    env = {} if args.device == "cuda" else {"MALLOC_MMAP_THRESHOLD_": "131072"}  # as bench_memory runs CPU steps
+    if args.device == "cpu":  # as bench_memory runs CPU steps; one thread: the dry run shares the test machine
+        cmd += ["--threads", "1"]
+    env = {} if args.device == "cuda" else {"MALLOC_MMAP_THRESHOLD_": "131072"}
     proc = run(cmd, timeout, env)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -165,7 +167,7 @@ def part_zero(args, sizes: dict, seconds: float):
     zargs = argparse.Namespace(nproc=1, cuda=args.device == "cuda", threads=1, chunks=[sizes["chunks"]],
                                batch_size=sizes["batch"], query_len=32 if args.device == "cuda" else 8,
                                passage_len=128 if args.device == "cuda" else 8, hidden=sizes["hidden"],
-                               layers=sizes["layers"], vocab=30522, steps=sizes["steps"],
+                               layers=sizes["layers"], vocab=sizes["vocab"], steps=sizes["steps"],
                                warmup_steps=sizes["warmup"], rounds=1, load="")
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -329,8 +329,8 @@ def test_unreadable_deepspeed_config(tmp_path):
 def test_deepspeed_config_refused_before_training(tiny_run, tmp_path, section, message):
     bad = tmp_path / "ds.json"
     bad.write_text(json.dumps(section))
-    cfg = train.TrainConfig(model=tiny_run[0], train_data=[tiny_run[1]], batch_size=4, group_size=3,
-                            deepspeed=str(bad), report_to="none", output_dir=str(tmp_path / "o"))
+    cfg = train.TrainConfig.of(model=tiny_run[0], train_data=[tiny_run[1]], batch_size=4, group_size=3,
+                               deepspeed=str(bad), report_to="none", output_dir=str(tmp_path / "o"))
     with pytest.raises(SystemExit, match=message):
         train.main(cfg)
 
