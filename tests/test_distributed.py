@@ -129,7 +129,8 @@ def _zero3_partitioning_everything(folder, **zero) -> str:
     with open(os.path.join(REPO, "configs", "deepspeed", "zero3.json"), encoding="utf-8") as f:
         config = json.load(f)
     config["zero_optimization"].update(stage3_param_persistence_threshold=0, **zero)
-    path = os.path.join(folder, "zero3_no_persistence.json")
+    name = "zero3_no_persistence" + "".join(f"_{k}={v}" for k, v in zero.items())  # one file per variant
+    path = os.path.join(folder, name + ".json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f)
     return path
