@@ -53,12 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "  clustering           .tsv/.csv/.jsonl with text, label\n"
                "  pair_classification  NLI .tsv with sentence1, sentence2, gold_label (entailment = positive)\n"
                "TSV files are read without quote handling: quote characters are text.")
-    parser.add_argument("--model", required=True, help="folder saved by BiEncoder.save / sentence-transformers, or a Hub id")
+    parser.add_argument("--model", required=True,
+                        help="folder saved by BiEncoder.save / sentence-transformers, or a Hub id")
     parser.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="NAME",
                         help="mteb task names, e.g. STSBenchmark SciFact (data is downloaded from the Hub)")
     parser.add_argument("--local-task", nargs="+", action="extend", default=[], metavar="KIND=PATH",
-                        help=f"a task from local files; KIND one of {', '.join(LOCAL_TASK_KINDS)}; named after the file "
-                             "stem or folder; retrieval takes an optional @SPLIT (default test), e.g. retrieval=data/scifact@dev")
+                        help=f"a task from local files; KIND one of {', '.join(LOCAL_TASK_KINDS)}; named after the "
+                             "file stem or folder; retrieval takes an optional @SPLIT (default test), "
+                             "e.g. retrieval=data/scifact@dev")
     parser.add_argument("--output-dir", required=True,
                         help="where results/ and summary.json are written: a new or empty folder, or one evaluate.py "
                              "wrote before (with --overwrite)")
@@ -90,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): bf16 autocast on CUDA, fp32 on CPU; fp32 reproduces CPU scores on a GPU")
-    parser.add_argument("--model-name", help="name in mteb's result files (default: Hub id or local/<parent>__<folder>)")
+    parser.add_argument("--model-name",
+                        help="name in mteb's result files (default: Hub id or local/<parent>__<folder>)")
     args = parser.parse_args(argv)
     if not args.tasks and not args.local_task:
         parser.error("give at least one task: --tasks NAME ... and/or --local-task KIND=PATH ...")

@@ -38,7 +38,7 @@ from pretraining.model import build_mae_model
 from pretraining.objective import mae_loss
 from pretraining.prepared import is_prepared_texts, open_prepared_texts
 from pretraining.texts import source_file, tokenize_texts
-from training.accelerator import build_accelerator
+from training.accelerator import build_accelerator, finish
 from training.checkpoint import save_checkpoint, save_model, write_run_record
 from training.common_batch_count import common_batch_count
 from training.config import OptimConfig, OutputConfig
@@ -162,7 +162,7 @@ def main(cfg: PretrainConfig) -> dict:
     save_model(accelerator, model, out.output_dir)  # the backbone's keys only (training/checkpoint.py)
     if is_main:
         write_run_record(out.output_dir, flat(cfg), history)
-    accelerator.end_training()
+    finish(accelerator)  # trackers closed, a last barrier, the process group torn down (as train.py)
     log(f"saved the encoder to {out.output_dir} (pooling cls); fine-tune it with train.py --model {out.output_dir}")
     return {"history": history, "steps": step}
 

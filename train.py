@@ -33,8 +33,8 @@ from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
 from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
-from models.config import ModelConfig, build_model
-from training.accelerator import build_accelerator, uses_deepspeed
+from models.config import ModelConfig, build_model, check_lora_targets
+from training.accelerator import build_accelerator, finish, uses_deepspeed
 from training.checkpoint import save_checkpoint, save_model, write_run_record
 from training.common_batch_count import common_batch_count
 from training.config import OptimConfig, OutputConfig
@@ -75,7 +75,7 @@ def main(cfg: TrainConfig) -> dict:
         claim_output_dir(cfg.output.output_dir, flat(cfg), overwrite=cfg.output.overwrite_output_dir and not resume)
 
     # ------------------------------------------------------------------ model and loss
-    model = build_model(cfg.model)
+    model = load_model(cfg, log)  # the family's attention, padding and EOS; LoRA adapters when --lora-rank
     loss_fn, gather = make_loss(cfg, model.dim, accelerator.num_processes, log)  # gather: negatives of all processes
 
     # ------------------------------------------------------------------ data (the rows the loss registered)
@@ -134,14 +134,15 @@ def main(cfg: TrainConfig) -> dict:
         progress.update(1)
         if step % out.log_steps == 0 or step == total_steps:
             stats = {**window.close(), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-            progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", pairs_s=f"{stats['pairs_per_s']:.1f}")
+            progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
+                                 pairs_s=f"{stats['pairs_per_s']:.1f}")
             accelerator.log(stats, step=step)
             history.append({"step": step, **stats})
         if out.eval_sts and ((out.eval_steps and step % out.eval_steps == 0) or step == total_steps):
             score = evaluate_sts(accelerator, model, out.eval_sts, step, history)
             if score > best:
                 best = score
-                save_model(accelerator, model, os.path.join(out.output_dir, "best"))
+                save_model(accelerator, model, os.path.join(out.output_dir, "best"), merge=cfg.model.merge_lora)
         saved = None
         if out.save_steps and step < total_steps and (step % out.save_steps == 0 or guard.stop_requested):
             saved = save_checkpoint(accelerator, model, optimizer, out.output_dir, step, keep=out.save_total_limit,
@@ -158,12 +159,20 @@ def main(cfg: TrainConfig) -> dict:
     guard.check_trained(step)  # every step skipped, or the last --max-bad-steps: exit 1, no model written
 
     # ------------------------------------------------------------------ save
-    save_model(accelerator, model, out.output_dir)
+    save_model(accelerator, model, out.output_dir, merge=cfg.model.merge_lora)  # LoRA: the adapter, or merged
     if is_main:
         write_run_record(out.output_dir, flat(cfg), history)  # train_config.json, train_log.json
-    accelerator.end_training()
+    finish(accelerator)
     log(f"saved the model to {out.output_dir}")
     return {"history": history, "steps": step, "best_eval": None if best == -math.inf else best}
+
+
+def load_model(cfg: TrainConfig, log) -> BiEncoder:
+    """build_model (models/config.py), its refusals said with the flag."""
+    try:
+        return build_model(cfg.model, log)
+    except ConfigError as e:
+        raise SystemExit(describe_error(cfg, e)) from None
 
 
 def micro_batches(cfg: TrainConfig, dataset, sampler, loader, start: tuple, batches_per_epoch: int, accelerator):
@@ -206,6 +215,7 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
         accelerator.print(f"note: --loss {cfg.loss.name} trains on sentence pairs; --group-size {d.group_size} is "
                           "not used")
     s, seed = model.settings, cfg.optim.seed
+    text_format = s.text_format(rows.formats_passages(cfg.model.format_passages))  # prompts / instruction format
     # one global batch per step, sliced per process: length buckets, same-file batches, no duplicate texts
     options = dict(batch_size=cfg.optim.batch_size, seed=seed, rank=accelerator.process_index,
                    world_size=accelerator.num_processes, length_buckets=d.length_buckets,
@@ -215,7 +225,8 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
     try:
         if is_prepared(d.train_data[0]):
             corpus = PreparedCorpus(d.train_data[0])
-            corpus.check_settings(model.tokenizer, s, rows)  # lengths of this tokenizer, prompts, max lengths
+            # the run's tokenizer (EOS included), prompts, instruction format and max lengths
+            corpus.check_settings(model.tokenizer, s, rows, cfg.model.format_passages)
             dataset = PreparedGroupedDataset(corpus, group_size, seed, rows)
             sampler = build_prepared_sampler(corpus, **options)
             accelerator.print(f"prepared corpus {corpus.path}: {len(corpus)} rows from "
@@ -223,11 +234,15 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
         else:
             examples, report = load_examples(d.train_data, rows, score_max=d.score_max, skip_bad_rows=d.skip_bad_rows)
             accelerator.print(report.summary())
+            if not text_format.takes_instruction and (bad := next((ex for ex in examples if ex.prompt), None)):
+                raise DataError(f"{bad.source}: field 'prompt' {bad.prompt!r}: --query-instruction-format "
+                                f"{text_format.instruction_format!r} has one {{}} slot (the text), so a row's prompt "
+                                "has no place; give the format two slots (instruction, text)")
             if hint := prepare_hint(len(examples), d.train_data):
                 accelerator.print(hint)
             dataset = GroupedDataset(examples, group_size, seed, rows)
             sampler = build_train_sampler(examples, model.tokenizer, s, **options, file_names=d.train_data,
-                                          progress=accelerator.is_main_process)
+                                          progress=accelerator.is_main_process, text_format=text_format)
         description = sampler.describe()  # plans epoch 0: data that cannot form a batch fails here
     except (DataError, ValueError) as e:
         raise data_error(cfg, e) from None
@@ -235,8 +250,8 @@ def load_data(cfg: TrainConfig, model: BiEncoder, accelerator):
     # Its own generator: starting an iterator draws a worker seed from it, which must not shift the global RNG
     # that dropout uses (a resumed run starts an iterator mid-epoch).
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers,
-                        collate_fn=Collator(model.tokenizer, s.query_max_len, s.passage_max_len, s.query_prompt,
-                                            s.passage_prompt),
+                        collate_fn=Collator(model.tokenizer, s.query_max_len, s.passage_max_len,
+                                            text_format=text_format),
                         generator=torch.Generator().manual_seed(seed))
     return dataset, sampler, loader, group_size
 
@@ -335,8 +350,11 @@ def check_model_files(cfg: TrainConfig) -> None:
         if os.path.isdir(source):
             for note in check_max_lengths(source, query_max_len=m.query_max_len, passage_max_len=m.passage_max_len):
                 print(f"note: {note}", flush=True)
+            check_lora_targets(m)  # on an empty (meta) copy of the architecture: no weights read
     except MaxLengthError as e:
         raise SystemExit(f"{option_name(cfg, e.field)} {e.value}: {e.reason}") from None
+    except ConfigError as e:
+        raise SystemExit(describe_error(cfg, e)) from None
     except ValueError as e:
         flag = "--from-config" if m.from_config and "tokenizer" not in str(e) else "--model"
         raise SystemExit(f"{flag} {e}") from None

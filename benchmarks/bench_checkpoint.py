@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
     print(f"\n{result['machine']}\nBERT-base-sized checkpoint: {result['parameters'] / 1e6:.0f}M parameters, "
           f"{gib:.2f} GiB on disk\n")
     print("| step | seconds | GiB/s | share of the save |\n|---|---|---|---|")
-    rows = [("whole save_checkpoint", result["save_checkpoint_s"]), ("manifest, every file hashed", result["manifest_s"]),
+    rows = [("whole save_checkpoint", result["save_checkpoint_s"]),
+            ("manifest, every file hashed", result["manifest_s"]),
             ("manifest as before (files ≤ 16 MiB hashed)", old), ("resume check, files in page cache", verify_warm),
             ("resume check, page cache dropped", verify_cold)]
     for name, seconds in rows:

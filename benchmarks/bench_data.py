@@ -59,7 +59,8 @@ def write_corpus(path: str, n: int, words: list[str], seed: int = 0, block: int 
         for start in range(0, n, block):
             m = min(block, n - start)
             q_len, p_len = rng.integers(6, 15, m), rng.integers(40, 101, m)
-            q_words, p_words = vocab[rng.integers(0, len(vocab), q_len.sum())], vocab[rng.integers(0, len(vocab), p_len.sum())]
+            q_words, p_words = (vocab[rng.integers(0, len(vocab), q_len.sum())],
+                                vocab[rng.integers(0, len(vocab), p_len.sum())])
             qa, pa = np.concatenate([[0], np.cumsum(q_len)]), np.concatenate([[0], np.cumsum(p_len)])
             f.write("".join(json.dumps({"query": " ".join(q_words[qa[i]:qa[i + 1]]),
                                         "pos": [" ".join(p_words[pa[i]:pa[i + 1]])]}) + "\n" for i in range(m)))
@@ -112,13 +113,14 @@ def timed(cmd: list[str]) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-4000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1), "peak_rss_mib": round(peak / 2**20)}
+    return {"seconds": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1),
+            "peak_rss_mib": round(peak / 2**20)}
 
 
 def train_cmd(model: str, data: str, out: str, batch_size: int, *extra: str) -> list[str]:
-    return [sys.executable, "train.py", "--model", model, "--train-data", data, "--loss", "infonce", "--group-size", "1",
-            "--batch-size", str(batch_size), "--max-steps", "1", "--report-to", "none", "--mixed-precision", "no",
-            "--output-dir", out, *extra]
+    return [sys.executable, "train.py", "--model", model, "--train-data", data, "--loss", "infonce",
+            "--group-size", "1", "--batch-size", str(batch_size), "--max-steps", "1", "--report-to", "none",
+            "--mixed-precision", "no", "--output-dir", out, *extra]
 
 
 def loader_throughput(corpus_dir: str, tokenizer, batch_size: int, batches: int, workers: int) -> dict:
@@ -199,7 +201,8 @@ def planner_with_duplicates(n: int, shared: float, batch_size: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--tokenize-up-to", type=int, default=100_000,
                    help="prepare with the real tokenizer up to this many rows, bigger corpora with WordTokens")
@@ -283,10 +286,11 @@ def main(argv=None) -> dict:
           f"{'resume s (CPU s)':>17} {'batches/s w0/w1/w2':>20} {'raw: first step s (CPU s) / RSS':>32}")
     for n, r in results.items():
         raw, first, resume = r.get("raw_train_first_step"), r["train_first_step"], r["resume_first_step"]
+        raw_cell = (str(raw["seconds"]) + " (" + str(raw["cpu_s"]) + ") / " + str(raw["peak_rss_mib"])) if raw else ""
         print(f"{n:>10} {r['prepare_s']:>10} {first['seconds']:>13} ({first['cpu_s']:>5}) {first['peak_rss_mib']:>13} "
               f"{resume['seconds']:>9} ({resume['cpu_s']:>5}) "
               f"{'/'.join(str(r['loader'][w]['batches_per_s']) for w in (0, 1, 2)):>20} "
-              f"{(str(raw['seconds']) + ' (' + str(raw['cpu_s']) + ') / ' + str(raw['peak_rss_mib'])) if raw else '':>32}")
+              f"{raw_cell:>32}")
     return results
 
 

@@ -5,7 +5,7 @@ load drifts affect both, and the median of the repeats is reported. Also prints 
 
     python -m benchmarks.bench_encode --limit 600            # SciFact corpus (title + text), MiniLM weights
     python -m benchmarks.bench_encode --file ../shared/data/sts/stsb-test.tsv --batch-size 64
-    python -m benchmarks.bench_encode --device cuda --st-autocast   # also time sentence-transformers under bf16 autocast
+    python -m benchmarks.bench_encode --device cuda --st-autocast  # also time sentence-transformers under bf16 autocast
 
 On CUDA ours runs in bf16 autocast (`--precision auto`) and sentence-transformers in its default fp32;
 `--st-autocast` adds a third runner, sentence-transformers inside the same bf16 autocast, for a like-for-like ratio.
@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="ours: auto = bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="ours: auto = bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--st-autocast", action="store_true",
                         help="also time SentenceTransformer.encode inside torch.autocast(bfloat16)")
     args = parser.parse_args()

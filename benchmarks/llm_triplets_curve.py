@@ -1,7 +1,8 @@
 """The judge-accuracy curve: how accurate must a triplet judge be for ClusterLLM-style fine-tuning to help?
 
-    python -m benchmarks.llm_triplets_curve            # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
-    python -m benchmarks.llm_triplets_curve --num-triplets 20000 --seeds 0 1 2 3 4 --train-args "--batch-size 64 --epochs 2"   # on a GPU
+    python -m benchmarks.llm_triplets_curve  # packaged MiniLM, Banking77: triplets from train.csv, scores on test.csv
+    python -m benchmarks.llm_triplets_curve --num-triplets 20000 --seeds 0 1 2 3 4 \\
+        --train-args "--batch-size 64 --epochs 2"  # on a GPU
 
 Embeds --input once with --model, scores the base model once on --eval-file, then for every seed samples
 --num-triplets entropy-ranked triplets (and, for the baseline, random-anchor triplets), has them judged by the noisy
@@ -97,9 +98,10 @@ def main(argv=None):
     emb = cached_embeddings(args.model, args.input, data.texts, out)
     print(f"embedded {len(data.texts)} texts in {time.time() - t0:.0f}s", flush=True)
 
-    finetune_and_score.run_once(finetune_and_score.evaluate_command(args.model, args.eval_file, out / "eval-base"), out / "eval-base.done.json",
-                  out / "eval-base.log", run_in_process)
-    results = {"settings": {**vars(args), "k": k, "train_args": list(finetune_and_score.DEFAULT_TRAIN_ARGS) + shlex.split(args.train_args)},
+    finetune_and_score.run_once(finetune_and_score.evaluate_command(args.model, args.eval_file, out / "eval-base"),
+                                out / "eval-base.done.json", out / "eval-base.log", run_in_process)
+    results = {"settings": {**vars(args), "k": k,
+                            "train_args": list(finetune_and_score.DEFAULT_TRAIN_ARGS) + shlex.split(args.train_args)},
                "base": finetune_and_score.read_scores(out / "eval-base"), "runs": []}
     arms = [("entropy", a) for a in args.agreements] + [("random", a) for a in args.random_anchor_agreements]
     # the ends of the curve and the baseline first, every seed of an arm together: a run stopped part-way has
@@ -116,11 +118,12 @@ def main(argv=None):
                                             data.texts, DEFAULT_TEMPLATE, labels=data.labels, progress=False)
         rows = training_rows(judgements, data.texts)
         write_rows(arm / "triplets.jsonl", rows)
-        finetune_and_score.run_once(finetune_and_score.train_command(args.model, arm / "triplets.jsonl", arm / "model", seed,
-                                         shlex.split(args.train_args)), arm / "train.done.json", arm / "train.log",
-                      run_in_process)
-        finetune_and_score.run_once(finetune_and_score.evaluate_command(str(arm / "model"), args.eval_file, arm / "eval"),
-                      arm / "eval.done.json", arm / "eval.log", run_in_process)
+        finetune_and_score.run_once(finetune_and_score.train_command(args.model, arm / "triplets.jsonl", arm / "model",
+                                                                     seed, shlex.split(args.train_args)),
+                                    arm / "train.done.json", arm / "train.log", run_in_process)
+        finetune_and_score.run_once(finetune_and_score.evaluate_command(str(arm / "model"), args.eval_file,
+                                                                        arm / "eval"),
+                                    arm / "eval.done.json", arm / "eval.log", run_in_process)
         scores = finetune_and_score.read_scores(arm / "eval")
         results["runs"].append({"anchors": rule, "agreement": agreement, "seed": seed, "rows": len(rows),
                                 "measured_agreement": report.agreement, "gold": dict(report.gold), **scores})
@@ -151,9 +154,11 @@ def write_report(results: dict, prefix: Path) -> None:
     lines = summarise(results)
     table = ["| triplets (anchors) | judge agreement | seeds | training rows | ACC | NMI | V-measure |",
              "|---|---:|---:|---:|---:|---:|---:|",
-             "| — (base model) | — | — | — | " + " | ".join(f"{100 * base[k]:.2f}" for k, _ in finetune_and_score.SCORES) + " |"]
+             "| — (base model) | — | — | — | "
+             + " | ".join(f"{100 * base[k]:.2f}" for k, _ in finetune_and_score.SCORES) + " |"]
     for line in lines:
-        cells = [f"{m:.2f} ± {s:.2f} ({m - 100 * base[k]:+.2f})" for k, _ in finetune_and_score.SCORES for m, s in [line[k]]]
+        cells = [f"{m:.2f} ± {s:.2f} ({m - 100 * base[k]:+.2f})"
+                 for k, _ in finetune_and_score.SCORES for m, s in [line[k]]]
         table.append(f"| {line['anchors']} | {100 * line['agreement']:.0f}% | {line['seeds']} | {line['rows']:.0f} | "
                      + " | ".join(cells) + " |")
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +187,8 @@ def write_report(results: dict, prefix: Path) -> None:
     axes[0].legend(fontsize=8)
     s = results["settings"]
     model = Path(s["model"])
-    fig.suptitle(f"{model.parent.name if model.name == 'model' else model.name} on {Path(s['eval_file']).parent.name}: {s['num_triplets']} triplets, "
+    fig.suptitle(f"{model.parent.name if model.name == 'model' else model.name} on {Path(s['eval_file']).parent.name}: "
+                 f"{s['num_triplets']} triplets, "
                  f"mean ± std over {len(s['seeds'])} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(prefix.with_suffix(".png"), dpi=120)

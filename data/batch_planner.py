@@ -314,7 +314,8 @@ class BucketBatchSampler(Sampler[list[int]]):
                 "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, mine in (("seed", self.seed), ("global_batch", self.global_batch), ("fingerprint", self.fingerprint())):
+        for key, mine in (("seed", self.seed), ("global_batch", self.global_batch),
+                          ("fingerprint", self.fingerprint())):
             if key in state and state[key] != mine:
                 raise ValueError(f"sampler state is from a run with a different {key} ({state[key]} vs {mine} now): "
                                  "the data, its order, the length buckets, the files' weights or batch_size × "

@@ -212,7 +212,8 @@ def _text_list(row, key, where, required):
             raise DataError(f"{where}: field '{key}' is missing")
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise DataError(f"{where}: field '{key}' must be a list of non-empty strings, got {json.dumps(value, ensure_ascii=False)[:80]}")
+        raise DataError(f"{where}: field '{key}' must be a list of non-empty strings, "
+                        f"got {json.dumps(value, ensure_ascii=False)[:80]}")
     if required and not value:
         raise DataError(f"{where}: field '{key}' is an empty list")
     return value

@@ -33,3 +33,8 @@ class RowKind(enum.Enum):
         """Every passage of a group carries a teacher score."""
         return self is RowKind.SCORED_GROUPS
 
+
+    def formats_passages(self, asked: bool | None) -> bool:
+        """Whether passages get the instruction format as queries do (models/text_format.py): as asked, else on for
+        sentence pairs (symmetric data: both sides the same kind of text), off for query → passage groups."""
+        return self.is_pairs if asked is None else bool(asked)

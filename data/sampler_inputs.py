@@ -15,6 +15,7 @@ import numpy as np
 
 from data.length_buckets import passage_key
 from data.text_ids import TextIds, row_text_hashes
+from models.text_format import TextFormat
 
 
 def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
@@ -27,7 +28,8 @@ def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
 
 
 def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
-                passage_prompt: str = "", chunk: int = 1024, progress: bool = True) -> np.ndarray:
+                passage_prompt: str = "", chunk: int = 1024, progress: bool = True,
+                text_format: TextFormat | None = None) -> np.ndarray:
     """Per example [longest passage in tokens rounded up to a multiple of 8, query tokens]: the bucket sort key,
     as an [N, 2] int array.
 
@@ -37,17 +39,19 @@ def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, q
     that lumps together rows whose long side is the query with rows whose long side is a passage (measured in
     benchmarks/README.md). Lengths are what the collator will see: queries with their prompt (a row's own
     `prompt` wins) truncated to query_max_len, every positive and negative with passage_prompt truncated to
-    passage_max_len; tokenised in chunks of `chunk` examples by the fast tokenizer, without padding.
+    passage_max_len — or as `text_format` writes them (the instruction format); EOS included when the tokenizer
+    appends it; tokenised in chunks of `chunk` examples by the fast tokenizer, without padding.
     """
     from tqdm.auto import tqdm
 
+    fmt = text_format or TextFormat(query_prompt, passage_prompt)
     out = np.zeros((len(examples), 2), dtype=np.int64)
     for start in tqdm(range(0, len(examples), chunk), desc="token lengths", unit="chunk", disable=not progress,
                       total=-(-len(examples) // chunk)):
         part = examples[start:start + chunk]
-        q = token_counts(tokenizer, [(ex.prompt if ex.prompt is not None else query_prompt) + ex.query
-                                     for ex in part], query_max_len)
-        p = token_counts(tokenizer, [passage_prompt + t for ex in part for t in ex.pos + ex.neg], passage_max_len)
+        q = token_counts(tokenizer, [fmt.query(ex.query, ex.prompt) for ex in part], query_max_len)
+        p = token_counts(tokenizer, [fmt.passage(t, ex.prompt) for ex in part for t in ex.pos + ex.neg],
+                         passage_max_len)
         at = 0
         for j, (ex, q_len) in enumerate(zip(part, q)):
             n = len(ex.pos) + len(ex.neg)
@@ -58,7 +62,7 @@ def length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, q
 
 def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len: int, query_prompt: str = "",
                        passage_prompt: str = "", rank: int = 0, world_size: int = 1,
-                       progress: bool = True) -> np.ndarray:
+                       progress: bool = True, text_format: TextFormat | None = None) -> np.ndarray:
     """`length_keys` of all examples on every process, each process tokenising only every world_size-th example
     (then all_gather_object): start-up tokenising is split W ways instead of repeated W times. Without a process
     group of that size (one process, or ranks simulated in one process) it computes all of them here."""
@@ -66,9 +70,9 @@ def shared_length_keys(examples, tokenizer, query_max_len: int, passage_max_len:
 
     if world_size == 1 or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size):
         return length_keys(examples, tokenizer, query_max_len, passage_max_len, query_prompt, passage_prompt,
-                           progress=progress)
+                           progress=progress, text_format=text_format)
     mine = length_keys(examples[rank::world_size], tokenizer, query_max_len, passage_max_len, query_prompt,
-                       passage_prompt, progress=progress)
+                       passage_prompt, progress=progress, text_format=text_format)
     parts: list = [None] * world_size
     dist.all_gather_object(parts, mine)
     out = np.zeros((len(examples), 2), dtype=np.int64)

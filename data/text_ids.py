@@ -65,7 +65,8 @@ class TextIds:
 
     def gather(self, items: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(position in `items`, hash) of every key / neg hash of the given examples, in order of `items`."""
-        offsets, hashes = (self.key_offsets, self.key_hashes) if which == "keys" else (self.neg_offsets, self.neg_hashes)
+        offsets, hashes = ((self.key_offsets, self.key_hashes) if which == "keys"
+                           else (self.neg_offsets, self.neg_hashes))
         start, count = offsets[items], offsets[items + 1] - offsets[items]
         pos = np.repeat(np.arange(len(items)), count)
         within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)

@@ -14,8 +14,10 @@ def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed:
                         length_buckets: bool = True, num_buckets: int = 0, boundaries: Sequence[int] | None = None,
                         same_dataset: bool = False, dataset_weights: Sequence[float] | None = None,
                         sampling_alpha: float | None = None, dedup: bool = True,
-                        file_names: Sequence[str] | None = None, progress: bool = True) -> BucketBatchSampler:
-    """train.py's sampler over raw examples; `settings` (EncoderSettings) gives max lengths and prompts.
+                        file_names: Sequence[str] | None = None, progress: bool = True,
+                        text_format=None) -> BucketBatchSampler:
+    """train.py's sampler over raw examples; `settings` (EncoderSettings) gives max lengths and prompts, and
+    `text_format` (models/text_format.py) how texts are written (default: the settings' own).
 
     same_dataset, dataset_weights, sampling_alpha: every batch from one training source, each source's share of
     the batches (`check_sampler_options` names these options in its errors)."""
@@ -23,7 +25,7 @@ def build_train_sampler(examples, tokenizer, settings, *, batch_size: int, seed:
 
     keys = (shared_length_keys(examples, tokenizer, settings.query_max_len, settings.passage_max_len,
                                settings.query_prompt or "", settings.passage_prompt or "", rank, world_size,
-                               progress=progress)
+                               progress=progress, text_format=text_format or settings.text_format())
             if length_buckets else None)
     return BucketBatchSampler(len(examples), batch_size, seed=seed, rank=rank, world_size=world_size,
                               length_keys=keys, boundaries=boundaries or None, num_buckets=num_buckets,

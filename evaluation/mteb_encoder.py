@@ -11,6 +11,12 @@ Prompts come from the model's saved settings and can be overridden: `query_promp
 task-promptType, task, type-promptType, type, promptType. This covers E5 ("query: "/"passage: "), BGE (a query
 instruction for retrieval only: {"Retrieval-query": ...}) and INSTRUCTOR (one instruction per task or task type).
 
+A model with an instruction format (decoder embedders, models/text_format.py) reads `task_prompts` as
+instructions: queries and the texts of symmetric tasks (STS, classification, clustering, pair classification) are
+written as the format filled with the task's instruction — the same precedence over task name and type, else the
+model's default instruction — and documents get the passage prompt (no instruction), as E5-mistral and
+bge-multilingual-gemma2 are evaluated.
+
 Queries are truncated at `settings.query_max_len`, everything else (documents and symmetric tasks such as STS) at
 `settings.passage_max_len`.
 """
@@ -34,15 +40,21 @@ from models.encode import encode_precision
 from models.loading import load_bi_encoder
 from models.revision import checkpoint_revision
 from models.settings import EncoderSettings
+from models.text_format import fill
 
 logger = logging.getLogger(__name__)
 
 # Settings that only change how texts are prompted or truncated: they can be overridden on an in-memory model.
-_ENCODING_OVERRIDES = ("query_prompt", "passage_prompt", "query_max_len", "passage_max_len")
+_ENCODING_OVERRIDES = ("query_prompt", "passage_prompt", "query_max_len", "passage_max_len", "query_instruction",
+                       "query_instruction_format")
 
 
 def model_prompts(settings: EncoderSettings) -> dict[str, str]:
-    """mteb's prompt dictionary for `settings`: task/type keys plus "query" and "document" (empty ones dropped)."""
+    """mteb's prompt dictionary for `settings`: task/type keys plus "query" and "document" (empty ones dropped).
+    With an instruction format, the instructions: task/type keys plus "query" for the default instruction."""
+    if settings.query_instruction_format:
+        instructions = {k: v for k, v in settings.task_prompts.items() if v}
+        return {**instructions, PromptType.query.value: settings.query_instruction}
     prompts = {key: value for key, value in settings.task_prompts.items() if value}
     if settings.query_prompt:
         prompts[PromptType.query.value] = settings.query_prompt
@@ -154,18 +166,39 @@ class BiEncoderForMTEB(AbsEncoder):
 
     def input_form(self, task_name: str | None, task_type: str | None,
                    prompt_type: PromptType | None) -> tuple[str, int]:
-        """(prompt, max length) a text of that task and side is encoded with: with the text, all its embedding
-        depends on."""
+        """(what surrounds a text, max length) for that task and side: with the text, all its embedding depends on.
+        Without an instruction format that is the prompt put before the text; with one, the format and the
+        instruction it is filled with (documents: the passage prompt), as `written` applies them."""
         max_length = self.settings.query_max_len if prompt_type == PromptType.query else self.settings.passage_max_len
-        return self.prompt_for(task_name, task_type, prompt_type), max_length
+        fmt = self.settings.query_instruction_format
+        if not fmt:
+            return self.prompt_for(task_name, task_type, prompt_type), max_length
+        if prompt_type == PromptType.document:
+            return f"document\0{self.settings.passage_prompt or ''}", max_length
+        return f"format\0{fmt}\0{self.prompt_for(task_name, task_type, PromptType.query)}", max_length
 
     def encode_texts(self, texts: list[str], *, task_name: str | None = None, task_type: str | None = None,
                      prompt_type: PromptType | None = None, batch_size: int | None = None,
                      show_progress: bool = False) -> torch.Tensor:
         """Embed plain texts the way `encode` would for that task -> [N, D] fp32 (CPU), in input order."""
         prompt, max_length = self.input_form(task_name, task_type, prompt_type)
-        return self.model.encode(list(texts), batch_size=batch_size or self.batch_size, prompt=prompt,
-                                 max_length=max_length, show_progress=show_progress, precision=self.precision)
+        prompt = "" if self.settings.query_instruction_format else prompt  # the format is applied by `written`
+        return self.model.encode(self.written(list(texts), task_name, task_type, prompt_type),
+                                 batch_size=batch_size or self.batch_size, prompt=prompt, max_length=max_length,
+                                 show_progress=show_progress, precision=self.precision)
+
+    def written(self, texts: list[str], task_name: str | None, task_type: str | None,
+                prompt_type: PromptType | None) -> list[str]:
+        """With an instruction format, the texts as the model reads them for that task: documents with the passage
+        prompt, every other text (queries, symmetric tasks) as the format filled with the task's instruction (else
+        the default one). Without one, the texts as they are (`encode` puts `prompt_for`'s prompt before them)."""
+        fmt = self.settings.query_instruction_format
+        if not fmt:
+            return texts
+        if prompt_type == PromptType.document:
+            return [(self.settings.passage_prompt or "") + t for t in texts]
+        instruction = self.prompt_for(task_name, task_type, PromptType.query)  # task, type, else the default
+        return [fill(fmt, instruction, t) for t in texts]
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:

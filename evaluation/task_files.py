@@ -47,7 +47,8 @@ def read_table(path: str | Path, required: Sequence[str] = ()) -> list[tuple[int
     `required` columns."""
     path = Path(path)
     if not path.is_file():
-        raise TaskFileNotFoundError(path, "a .tsv, .csv or .jsonl file" if not path.is_dir() else "expected a file, got a folder")
+        raise TaskFileNotFoundError(path, "a .tsv, .csv or .jsonl file" if not path.is_dir()
+                                    else "expected a file, got a folder")
     try:
         rows = list(iter_table(path))
     except TableError as err:

@@ -39,7 +39,8 @@ def parse_local_spec(spec: str) -> LocalTaskSpec:
     if not sep or not kind or not path:
         raise TaskSpecError(f"--local-task {spec!r}: expected KIND=PATH with KIND one of {', '.join(LOCAL_TASK_KINDS)}")
     if kind not in LOCAL_TASK_KINDS:
-        raise TaskSpecError(f"--local-task {spec!r}: unknown kind {kind!r}; choose one of {', '.join(LOCAL_TASK_KINDS)}")
+        raise TaskSpecError(f"--local-task {spec!r}: unknown kind {kind!r}; "
+                            f"choose one of {', '.join(LOCAL_TASK_KINDS)}")
     split = None
     if kind == "retrieval" and "@" in path:
         path, split = path.rsplit("@", 1)

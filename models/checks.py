@@ -2,7 +2,10 @@
 
     check_model_folder(path)               a local model folder has config.json, weights and tokenizer files
                                            (without them transformers builds a 5-token tokenizer that maps every word
-                                           to [UNK], and the model trains and scores on nothing, exit 0)
+                                           to [UNK], and the model trains and scores on nothing, exit 0); an adapter
+                                           folder (LoRA) has its adapter and tokenizer files, and its base model can
+                                           be found (a local folder, or a Hub id that is cached or can be downloaded)
+    adapter_base(path)                     the base model an adapter folder names, or None for any other folder
     check_tokenizer_folder(path)           the tokenizer files alone (a --from-config run takes only those)
     check_vocabulary(tokenizer, backbone)  after loading: a tokenizer of < 100 tokens on a big embedding is refused
     max_input_length(config)               the longest input, in tokens (special tokens included), the backbone can
@@ -25,6 +28,8 @@ import json
 import os
 
 CONFIG_FILE = "config.json"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's adapter folder: adapter_model.* instead of the weights, no config.json
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 # the vocabulary files of transformers' tokenizers (each class's vocab_files_names): any one of them, or a
@@ -78,6 +83,8 @@ def check_model_folder(path: str) -> None:
     model folder; a path that is not a local folder (a Hub id) is left to the download."""
     if not os.path.isdir(path):
         return
+    if adapter_base(path) is not None:
+        return _check_adapter_folder(path)
     missing = []
     config = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config):
@@ -98,6 +105,44 @@ def check_model_folder(path: str) -> None:
         raise ValueError(f"{path}: not a complete model folder: {'; '.join(missing)}")
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model (folder or Hub id) an adapter folder's adapter_config.json names; "" when it names none;
+    None for a folder that is not an adapter folder (it has a config.json of its own, or no adapter_config.json)."""
+    file = os.path.join(path, ADAPTER_CONFIG)
+    if not os.path.isfile(file) or os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return None
+    try:
+        with open(file, encoding="utf-8") as f:
+            return str(json.load(f).get("base_model_name_or_path") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _check_adapter_folder(path: str) -> None:
+    """ValueError naming the folder and what it lacks, or naming the base model when it cannot be found."""
+    base = adapter_base(path)
+    missing = [] if base else [f"{ADAPTER_CONFIG} is not readable JSON naming base_model_name_or_path"]
+    if not any(os.path.isfile(os.path.join(path, n)) for n in ADAPTER_WEIGHTS):
+        missing.append(f"no adapter weights ({', '.join(ADAPTER_WEIGHTS)})")
+    problem = _tokenizer_problem(path)
+    if problem:
+        missing.append(problem)
+    if missing:
+        raise ValueError(f"{path}: not a complete adapter folder: {'; '.join(missing)}")
+    try:
+        found = find_model(base, download=False)  # None: a Hub id, not cached, and the Hub can be reached
+        if found is not None:
+            check_model_folder(found)
+    except ValueError as e:
+        raise ValueError(f"{path}: a LoRA adapter whose base model {base} cannot be found: {e}") from None
+
+
+def config_source(path: str) -> str:
+    """Where a model's config.json is: the folder itself, or an adapter folder's base model."""
+    base = adapter_base(path) if os.path.isdir(path) else None
+    return path if base is None else (find_model(base, download=False) or base)
+
+
 def check_vocabulary(tokenizer, backbone, where: str = "the model") -> None:
     """After loading: refuse a tokenizer of fewer than 100 tokens on an embedding with many more rows (the
     tokenizer files were missing and transformers built one from the special tokens alone)."""
@@ -113,7 +158,7 @@ def _config(config_or_folder):
     if isinstance(config_or_folder, (str, os.PathLike)):
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(config_or_folder))  # reads config.json only
+        return AutoConfig.from_pretrained(config_source(str(config_or_folder)))  # reads config.json only
     return config_or_folder
 
 

@@ -55,6 +55,7 @@ def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", max_
     out = torch.empty(len(texts), model.dim, dtype=torch.float32)
     use_bf16 = encode_precision(precision, device) == "bf16"
     pad_id = model.tokenizer.pad_token_id or 0
+    left = getattr(model.tokenizer, "padding_side", "right") == "left"  # decoders (models/family.py)
     multiple = 8 if on_cuda else 1
     if batch_tokens is None:
         batch_tokens = batch_size * max_length if on_cuda else 0  # padded positions per batch
@@ -76,7 +77,7 @@ def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", max_
                 count = max(batch_size, batch_tokens // width)
                 rows = [ids[j] for j in by_tokens[s:s + count]]
                 s += len(rows)
-                input_ids, attention_mask = _pad(rows, pad_id, multiple, pin=on_cuda)
+                input_ids, attention_mask = _pad(rows, pad_id, multiple, pin=on_cuda, left=left)
                 embeddings.append(model.embed(input_ids.to(device, non_blocking=True),
                                               attention_mask.to(device, non_blocking=True)))
                 progress.update(len(rows))
@@ -88,15 +89,21 @@ def encode(model, texts: list[str], batch_size: int = 64, prompt: str = "", max_
     return truncate_embeddings(out, truncate_dim, model.settings.normalize)
 
 
-def _pad(rows: list[list[int]], pad_id: int, multiple: int, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (input_ids [B, L], attention_mask [B, L]), right-padded to the longest rounded up to
-    `multiple`. By hand because the ids are already tokenised lists; `tokenizer.pad` would want one dict per row."""
+def _pad(rows: list[list[int]], pad_id: int, multiple: int, pin: bool,
+         left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (input_ids [B, L], attention_mask [B, L]), padded (on the right, or the left as the
+    tokenizer of a decoder pads) to the longest rounded up to `multiple`. By hand because the ids are already
+    tokenised lists; `tokenizer.pad` would want one dict per row."""
     lengths = torch.tensor([len(r) for r in rows])  # [B]
     width = _round_up(int(lengths.max()), multiple)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, L]
     for r, row in enumerate(rows):
-        input_ids[r, :len(row)] = torch.tensor(row)
-    attention_mask = (torch.arange(width) < lengths[:, None]).long()  # [B, L]
+        if left:
+            input_ids[r, width - len(row):] = torch.tensor(row)
+        else:
+            input_ids[r, :len(row)] = torch.tensor(row)
+    positions = torch.arange(width)
+    attention_mask = (positions >= width - lengths[:, None] if left else positions < lengths[:, None]).long()  # [B, L]
     if pin:
         input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
     return input_ids, attention_mask

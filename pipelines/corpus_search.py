@@ -1,6 +1,6 @@
 """Shared by the offline data-pipeline scripts (scripts/mine_hard_negatives.py, score_with_teacher.py,
-split_by_length.py, filter_consistency.py, prepare_nli.py) and benchmarks/bench_mining.py: corpus reading, all-or-nothing output files, the
-on-disk corpus-embedding cache and exact inner-product top-k search.
+split_by_length.py, filter_consistency.py, prepare_nli.py) and benchmarks/bench_mining.py: corpus reading,
+all-or-nothing output files, the on-disk corpus-embedding cache and exact inner-product top-k search.
 
 Outputs are checked before any model loads (`check_output`: not a folder, not an input, an existing file only
 with --overwrite), written to a temporary file beside the target and renamed into place only when complete, so a
@@ -115,9 +115,11 @@ class Corpus:
 
 
 # ------------------------------------------------------------------ encoding
-def query_texts(examples: list[Example], default_prompt: str) -> list[str]:
-    """Queries with their prompt: a row's own `prompt` wins, as in training (data/collator.py)."""
-    return [(ex.prompt if ex.prompt is not None else default_prompt) + ex.query for ex in examples]
+def query_texts(examples: list[Example], settings) -> list[str]:
+    """Queries as training writes them (data/collator.py): with the model's prompt or instruction format
+    (EncoderSettings.text_format), a row's own `prompt` winning."""
+    fmt = settings.text_format()
+    return [fmt.query(ex.query, ex.prompt) for ex in examples]
 
 
 def load_encoder(name_or_path: str):

@@ -32,7 +32,7 @@ def mine(model, examples: list[Example], corpus: Corpus, *, start: int, end: int
         corpus_emb = encode_passages_cached(model, corpus.texts, cache_dir, batch_size)  # [N, D]
     elif corpus_emb.shape[0] != len(corpus):
         raise ValueError(f"corpus_emb has {corpus_emb.shape[0]} rows for {len(corpus)} passages")
-    q_emb = model.encode(query_texts(examples, s.query_prompt), batch_size, "", s.query_max_len, show_progress=True)
+    q_emb = model.encode(query_texts(examples, s), batch_size, "", s.query_max_len, show_progress=True)
     scores, ids = search(q_emb, corpus_emb, end, backend)  # [Q, end]
     pos_scores = None
     if max_pos_ratio is not None:

@@ -152,8 +152,9 @@ class MAEModel(nn.Module):
 
         return BiEncoder(self.backbone, self.tokenizer, self.settings)
 
-    def save(self, folder: str, state_dict: dict | None = None) -> None:
-        """The encoder as a model folder train.py and evaluate.py load (state_dict: backbone keys, prefix removed)."""
+    def save(self, folder: str, state_dict: dict | None = None, merge: bool = False) -> None:
+        """The encoder as a model folder train.py and evaluate.py load (state_dict: backbone keys, prefix removed);
+        merge: training/checkpoint.py's LoRA flag, unused here (no adapters)."""
         save_folder(self, folder, state_dict)
 
     def gradient_checkpointing_enable(self):
@@ -187,7 +188,8 @@ def build_mae_model(model: str, from_config: str | None, *, objective: str, max_
                     log=print) -> MAEModel:
     """The model pretrain.py trains; its settings (saved with the encoder) record pooling cls and max_len."""
     mlm, tokenizer = load_mlm_model(model, from_config, attn_implementation, dtype, log)
-    settings = EncoderSettings(pooling="cls", normalize=True, query_max_len=min(64, max_len), passage_max_len=max_len)
+    settings = EncoderSettings(pooling="cls", normalize=True, query_max_len=min(64, max_len), passage_max_len=max_len,
+                               append_eos=False)  # encoders only (MAEModel refuses others)
     out = MAEModel(mlm, tokenizer, settings, decoder=objective == "retromae", bow=bow)
     if gradient_checkpointing:
         out.gradient_checkpointing_enable()

@@ -20,9 +20,9 @@ import argparse
 
 from data.examples import DataError, Example, load_examples
 from evaluation.task_files import TaskDataError
-from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
-                                  corpus_from, encode_passages_cached, example_to_row, load_encoder, passage_embeddings,
-                                  query_texts, search, write_jsonl)
+from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model,
+                                     check_output, corpus_from, encode_passages_cached, example_to_row, load_encoder,
+                                     passage_embeddings, query_texts, search, write_jsonl)
 from storage.folders import OutputError
 
 
@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=2, help="keep positives ranked in the top k (default 2, as E5)")
     p.add_argument("--output", required=True, help="BGE JSONL to write")
     add_overwrite_flag(p)
-    p.add_argument("--cache-dir", default=None, help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
+    p.add_argument("--cache-dir", default=None,
+                   help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--search", choices=SEARCH_BACKENDS, default="auto")
@@ -49,7 +50,7 @@ def consistent(model, examples: list[Example], corpus: Corpus, top_k: int, cache
     """(rows with only their top-k positives, rows with none left) ; see the module docstring for the rank."""
     s = model.settings
     corpus_emb = encode_passages_cached(model, corpus.texts, cache_dir, batch_size)  # [N, D]
-    q_emb = model.encode(query_texts(examples, s.query_prompt), batch_size, "", s.query_max_len, show_progress=True)
+    q_emb = model.encode(query_texts(examples, s), batch_size, "", s.query_max_len, show_progress=True)
     pos_texts = [t for ex in examples for t in ex.pos]
     pos_emb = passage_embeddings(model, pos_texts, corpus, corpus_emb, batch_size)  # [P, D]
     depth = min(len(corpus), top_k + max(len(ex.pos) for ex in examples))  # top_k others survive the exclusion

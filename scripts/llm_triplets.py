@@ -10,14 +10,15 @@
 
 1. Embed --input's texts with --model (any folder train.py saved, a sentence-transformers folder or Hub id).
 2. Sample --num-triplets triplets: k-means (--k, default the number of labels), anchors by entropy (or
-   --anchors random), one choice from each of the anchor's two closest clusters (pipelines/cluster_triplets/sampling.py).
+   --anchors random), one choice from each of the anchor's two closest clusters
+   (pipelines/cluster_triplets/sampling.py).
 3. Judge which choice is closer to the anchor in terms of --perspective; every answer is cached in --cache
    (default OUTPUT_DIR/judgements.jsonl), so a rerun asks nothing twice; agreement with the gold labels is printed.
 4. Convert to OUTPUT_DIR/triplets.jsonl (anchor = query, chosen = pos, other = neg; --self-pairs adds (anchor,
    anchor) rows).
-5. Fine-tune with train.py (OUTPUT_DIR/model; flags in pipelines/cluster_triplets/finetune_and_score.py, --train-args overrides) and
-   score the base and the fine-tuned model with evaluate.py's clustering task on --eval-file: clustering accuracy
-   (Hungarian), NMI and mteb's V-measure. Labels are only read by the oracles and the scores.
+5. Fine-tune with train.py (OUTPUT_DIR/model; flags in pipelines/cluster_triplets/finetune_and_score.py, --train-args
+   overrides) and score the base and the fine-tuned model with evaluate.py's clustering task on --eval-file:
+   clustering accuracy (Hungarian), NMI and mteb's V-measure. Labels are only read by the oracles and the scores.
 Everything that can be checked (files, k, template, judge model or URL, --model, OUTPUT_DIR) is checked before the
 first embedding. OUTPUT_DIR is the chain's working folder: a rerun resumes in it (cached answers, finished steps
 skipped), so it must be new, empty, or written by this chain and holding nothing else (storage/folders.py); a
@@ -38,7 +39,7 @@ from storage.files import check_output_place
 from storage.folders import OutputError, check_output_folder
 
 TOOL = "scripts.llm_triplets"
-# what the chain writes into OUTPUT_DIR (chain.py, finetune_and_score.py), and staging folders a killed evaluate.py left there
+# what the chain writes into OUTPUT_DIR (chain.py, finetune_and_score.py), and staging folders a killed evaluate.py left
 CHAIN_FILES = ("judgements.jsonl", "triplets.jsonl", "report.json")
 CHAIN_ENTRIES = CHAIN_FILES + tuple(f"{step}{suffix}" for step in ("eval-base", "train", "model", "eval-tuned")
                                     for suffix in ("", ".done.json", ".log"))

@@ -4,7 +4,8 @@ Every sentence is built from our own templates: a person does something somewher
 ("The teacher is reading a newspaper in the library this morning." / "오늘 아침에 선생님이 도서관에서 신문을
 읽고 있다."), with the Korean particles chosen by the final consonant (batchim) of the noun before them.
 Combinations of (person, action, place, time) are split 80/20 into a training part and a held-out part; every
-held-out sentence (STS pairs, queries, corpus) comes from the held-out part, so none is ever trained on; the held-out part is evaluated as
+held-out sentence (STS pairs, queries, corpus) comes from the held-out part, so none is ever trained on; the held-out
+part is evaluated as
 
   heldout-sts.tsv          Korean–Korean pairs, score = 5 × (slots in common) / 4  (5 = same meaning,
                            other word order);
@@ -48,7 +49,8 @@ ACTIONS = [("is reading a newspaper", "신문", "읽고 있다"), ("is eating an
            ("is drawing a picture", "그림", "그리고 있다"), ("is watching a movie", "영화", "보고 있다"),
            ("is cleaning the window", "창문", "닦고 있다"), ("is playing the piano", "피아노", "치고 있다"),
            ("is kicking a ball", "공", "차고 있다"), ("is buying vegetables", "채소", "사고 있다"),
-           ("is carrying a heavy bag", "무거운 가방", "들고 있다"), ("is waiting for a friend", "친구", "기다리고 있다"),
+           ("is carrying a heavy bag", "무거운 가방", "들고 있다"),
+           ("is waiting for a friend", "친구", "기다리고 있다"),
            ("is looking for a key", "열쇠", "찾고 있다"), ("is selling flowers", "꽃", "팔고 있다")]
 PLACES = [("in the park", "공원에서"), ("at the beach", "해변에서"), ("in the kitchen", "부엌에서"),
           ("at the station", "역에서"), ("in the library", "도서관에서"), ("on the bus", "버스에서"),

@@ -34,13 +34,14 @@ from data.document_text import mteb_document_text
 from evaluation.task_files import TaskDataError, read_beir
 from pipelines.hard_negatives import mine
 from storage.folders import OutputError
-from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model, check_output,
-                                  corpus_from, example_to_row, load_encoder, parse_range, write_jsonl)
+from pipelines.corpus_search import (SEARCH_BACKENDS, Corpus, add_overwrite_flag, cache_dir_for, check_model,
+                                     check_output, corpus_from, example_to_row, load_encoder, parse_range, write_jsonl)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="bi-encoder: a saved folder (BiEncoder / sentence-transformers) or Hub id")
+    p.add_argument("--model", required=True,
+                   help="bi-encoder: a saved folder (BiEncoder / sentence-transformers) or Hub id")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="training rows (BGE JSONL, pair/triplet, NLI): queries and positives")
     src.add_argument("--beir", help="BEIR folder: queries and positives from qrels/<split>.tsv, corpus.jsonl as corpus")
@@ -54,8 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-pos-ratio", type=float, default=None,
                    help="drop candidates scoring above this fraction of the positive's score, e.g. 0.95")
     p.add_argument("--skip-missing-positives", action="store_true",
-                   help="with --corpus: skip (and count) rows whose positives are not in the corpus instead of stopping")
-    p.add_argument("--cache-dir", default=None, help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
+                   help="with --corpus: skip (and count) rows whose positives are not in the corpus "
+                        "instead of stopping")
+    p.add_argument("--cache-dir", default=None,
+                   help="corpus-embedding cache (default: <output folder>/.embedding_cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--search", choices=SEARCH_BACKENDS, default="auto", help="search backend (default auto)")

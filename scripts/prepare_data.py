@@ -25,6 +25,7 @@ import sys
 from data.examples import DataError
 from data.prepared import prepare
 from data.row_kind import RowKind
+from models.family import TokenizerSetupError
 from storage.folders import OutputError
 
 
@@ -37,6 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--passage-max-len", type=int, default=256, help="as train.py's flag (and its default)")
     p.add_argument("--query-prompt", help="as train.py's flag (default: the model's saved prompt)")
     p.add_argument("--passage-prompt", help="as train.py's flag (default: the model's saved prompt)")
+    p.add_argument("--query-instruction-format", help="as train.py's flag (default: the model's saved format)")
+    p.add_argument("--query-instruction", help="as train.py's flag (default: the model's saved instruction)")
+    p.add_argument("--format-passages", action=argparse.BooleanOptionalAction, default=None,
+                   help="as train.py's flag (default: on for --pair-kind rows, off for query/passage groups)")
+    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None,
+                   help="as train.py's flag (default: the model's saved setting, else on for decoder-only models)")
     p.add_argument("--pair-kind", choices=["nli", "scored"],
                    help="labelled pairs for --loss softmax (nli) or --loss cosine (scored); default: query/passage "
                         "groups for the contrastive losses")
@@ -57,12 +64,14 @@ def main(argv=None) -> dict:
     try:
         return prepare(a.input, a.tokenizer, a.output, query_max_len=a.query_max_len,
                        passage_max_len=a.passage_max_len, query_prompt=a.query_prompt,
-                       passage_prompt=a.passage_prompt, rows=RowKind(a.pair_kind) if a.pair_kind else RowKind.GROUPS,
+                       passage_prompt=a.passage_prompt, query_instruction_format=a.query_instruction_format,
+                       query_instruction=a.query_instruction, format_passages=a.format_passages,
+                       append_eos=a.append_eos, rows=RowKind(a.pair_kind) if a.pair_kind else RowKind.GROUPS,
                        score_max=a.score_max, skip_bad_rows=a.skip_bad_rows, pretokenize=a.pretokenize,
                        num_proc=a.num_proc, rows_per_shard=a.rows_per_shard, overwrite=a.overwrite)
     except DataError as e:
         sys.exit(f"data error: {e}")
-    except OutputError as e:
+    except (OutputError, TokenizerSetupError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -44,7 +44,8 @@ def main(argv=None) -> dict:
     if not args.allow_no_negative:
         without = [g for g in groups if not g.neg]
         if without:
-            report.notes.append(f"{len(without)} premises have no contradiction and are dropped (--allow-no-negative keeps them)")
+            report.notes.append(f"{len(without)} premises have no contradiction and are dropped "
+                                "(--allow-no-negative keeps them)")
         groups = [g for g in groups if g.neg]
     if args.first:
         for g in groups:

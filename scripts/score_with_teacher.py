@@ -74,10 +74,11 @@ def cross_encoder_scores(model, tokenizer, pairs: list[tuple[str, str]], batch_s
     return out
 
 
-def bi_encoder_scores(model, examples: list[Example], pairs: list[tuple[int, str]], batch_size: int = 32) -> torch.Tensor:
+def bi_encoder_scores(model, examples: list[Example], pairs: list[tuple[int, str]],
+                      batch_size: int = 32) -> torch.Tensor:
     """Dot products [len(pairs)] of (row index, passage) pairs; each query and passage is encoded once."""
     s = model.settings
-    q_emb = model.encode(query_texts(examples, s.query_prompt), batch_size, "", s.query_max_len, show_progress=True)
+    q_emb = model.encode(query_texts(examples, s), batch_size, "", s.query_max_len, show_progress=True)
     passages = list(dict.fromkeys(p for _, p in pairs))
     p_emb = model.encode(passages, batch_size, s.passage_prompt, s.passage_max_len, show_progress=True)
     where = {p: i for i, p in enumerate(passages)}

@@ -46,6 +46,86 @@ def tiny_bi_encoder(tokenizer_folder: str | None = None, seed: int = 0, **settin
     return BiEncoder(BertModel(config), tokenizer, EncoderSettings(**settings))
 
 
+# ---------------------------------------------------------------- tiny decoder LLMs (issue 27)
+# family -> (config class, bos, eos, unk, pad) as the family's tokenizer has them (None: it has none)
+DECODER_FAMILIES = {
+    "llama": ("LlamaConfig", "<s>", "</s>", "<unk>", None),  # no pad: pads with unk
+    "mistral": ("MistralConfig", "<s>", "</s>", "<unk>", None),
+    "qwen2": ("Qwen2Config", None, "<|endoftext|>", None, None),  # no pad, no unk: pads with eos; byte-level
+    "gemma2": ("Gemma2Config", "<bos>", "<eos>", "<unk>", "<pad>"),
+}
+EXTRA_WORDS = "instruct query find similar text retrieve given passages that answer the a < > : . ,".split()
+
+
+def tiny_tokenizer(family: str = "llama", eos: bool = True):
+    """A fast tokenizer built here with the family's special tokens (eos=False: without any EOS token): word-level
+    over WORDS + EXTRA_WORDS with an unk token, or byte-level (Qwen2, which has no unk); BOS added by a template as
+    Llama's and Gemma's tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    _, bos, eos_token, unk, pad = DECODER_FAMILIES[family]
+    eos_token = eos_token if eos else None
+    specials = [t for t in (unk, bos, eos_token, pad) if t]
+    if unk:
+        vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(list(WORDS) + EXTRA_WORDS)))}
+        backend = Tokenizer(tok_models.WordLevel(vocab, unk_token=unk))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    else:
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        vocab = {t: i for i, t in enumerate(specials + sorted(alphabet))}
+        backend = Tokenizer(tok_models.BPE(vocab, merges=[]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                               special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos_token, unk_token=unk,
+                                   pad_token=pad)
+
+
+def tiny_decoder_config(family: str, vocab_size: int):
+    """2 layers, hidden 32, 4 heads (2 key-value heads), the family's own architecture."""
+    import transformers
+
+    cls = getattr(transformers, DECODER_FAMILIES[family][0])
+    extra = {"head_dim": 8} if family == "gemma2" else {}
+    return cls(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256, **extra)
+
+
+def save_tiny_decoder(folder: str, family: str = "llama", eos: bool = True, seed: int = 0) -> str:
+    """A random tiny decoder and its tokenizer saved as a plain Hugging Face folder (as one downloaded from the Hub:
+    no embedding_config.json) -> the folder."""
+    from transformers import AutoModel
+
+    tokenizer = tiny_tokenizer(family, eos)
+    torch.manual_seed(seed)
+    config = tiny_decoder_config(family, len(tokenizer))
+    model = AutoModel.from_config(config, attn_implementation="eager" if family == "gemma2" else "sdpa")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_tiny_rows(path: str, rows: int = 48, seed: int = 0) -> str:
+    """BGE rows over WORDS with 3 negatives and teacher scores, every fourth with its own `prompt`."""
+    rnd = random.Random(seed)
+
+    def text(n):
+        return " ".join(rnd.choice(WORDS) for _ in range(n))
+
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            row = {"query": text(4), "pos": [text(8)], "neg": [text(8), text(7), text(9)], "pos_scores": [3.0],
+                   "neg_scores": [1.0, 0.5, -1.0]}
+            if i % 4 == 0:
+                row["prompt"] = "find similar text"
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 # ---------------------------------------------------------------- tiny train.py runs
 WORDS = ("apple banana river stone cloud music train paper light green small house dog cat window table "
          "road blue cold warm").split()

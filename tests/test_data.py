@@ -82,8 +82,10 @@ def test_examples_remember_their_file(tmp_path):
     ({"query": "q", "pos": "x"}, r"bad.jsonl:2: field 'pos' must be a list of non-empty strings"),
     ({"query": 3, "pos": ["x"]}, r"bad.jsonl:2: field 'query' must be a string, got int"),
     ({"query": "q", "pos": ["x"], "neg": [1]}, r"bad.jsonl:2: field 'neg' must be a list of non-empty strings"),
-    ({"query": "q", "pos": ["x"], "pos_scores": [1, 2]}, r"bad.jsonl:2: field 'pos_scores' has 2 scores but 'pos' has 1"),
-    ({"query": "q", "pos": ["x"], "neg": ["y"], "neg_scores": ["high"]}, r"bad.jsonl:2: field 'neg_scores' must be a list of numbers"),
+    ({"query": "q", "pos": ["x"], "pos_scores": [1, 2]},
+     r"bad.jsonl:2: field 'pos_scores' has 2 scores but 'pos' has 1"),
+    ({"query": "q", "pos": ["x"], "neg": ["y"], "neg_scores": ["high"]},
+     r"bad.jsonl:2: field 'neg_scores' must be a list of numbers"),
     # teacher scores a softmax cannot take (written by json as -Infinity / NaN / Infinity)
     ({"query": "q", "pos": ["x"], "neg": ["y"], "pos_scores": [float("-inf")], "neg_scores": [float("-inf")]},
      r"bad.jsonl:2: field 'pos_scores' holds -inf; teacher scores must be finite"),

@@ -47,7 +47,8 @@ def reference(task: str) -> dict:
 
 
 def evaluate_quietly(encoder, tasks, batch_size: int = 32):
-    return mteb.evaluate(encoder, tasks, cache=None, encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+    return mteb.evaluate(encoder, tasks, cache=None,
+                         encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
                          show_progress_bar=False).task_results
 
 
@@ -320,7 +321,7 @@ def test_local_clustering_reports_v_measure_accuracy_and_nmi(tokenizer_folder, t
     rows = [("the cat sat on the mat", "animals"), ("dogs bark at night", "animals"), ("a horse runs", "animals"),
             ("stocks rallied today", "finance"), ("the bank raised rates", "finance"), ("bonds fell", "finance")]
     path = tmp_path / "topics.jsonl"
-    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
+    path.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows))
     (result,) = evaluate_quietly(BiEncoderForMTEB(tiny_bi_encoder(tokenizer_folder)), [LocalClusteringTask(path)])
     scores = result.scores["test"][0]
     assert result.task_name == "topics" and scores["main_score"] == scores["v_measure"]
@@ -398,7 +399,8 @@ def test_empty_split_and_missing_columns(tmp_path):
     (tmp_path / "clf").mkdir()
     (tmp_path / "clf" / "train.csv").write_text("text,intent\na,x\n")
     (tmp_path / "clf" / "test.csv").write_text("text,label\na,x\n")
-    with pytest.raises(TaskDataError, match=r"train\.csv: label column missing: expected one of label, labels, category"):
+    with pytest.raises(TaskDataError,
+                       match=r"train\.csv: label column missing: expected one of label, labels, category"):
         LocalClassificationTask(tmp_path / "clf")
     nli = tmp_path / "nli.tsv"
     nli.write_text("sentence1\tsentence2\tgold_label\na\tb\tentailment\nc\td\tmaybe\n")

@@ -105,7 +105,10 @@ def test_a_name_registered_twice_is_refused_and_an_unknown_one_lists_the_registe
 # ---------------------------------------------------------------- configs keep their meaning
 BEFORE = json.loads((REPO / "tests" / "config_values_before_issue22.json").read_text(encoding="utf-8"))
 RENAMED_PATHS = {"data/sample/": "sample_data/"}  # moved by issue 22 (sample data out of the code package)
-ADDED = {"allow_inexact_resume": False, "dtype": "auto"}  # options added since the values were recorded, with defaults
+ADDED = {"allow_inexact_resume": False, "dtype": "auto",  # options added since the values were recorded, with defaults
+         "append_eos": None, "query_instruction_format": None, "query_instruction": None, "format_passages": None,
+         "lora_rank": 0, "lora_alpha": None, "lora_dropout": 0.1, "lora_target_modules": [],
+         "lora_modules_to_save": [], "merge_lora": False}  # issue 27
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
@@ -136,3 +139,25 @@ def _renamed(value):
         if isinstance(value, str) and value.startswith(old):
             return new + value[len(old):]
     return value
+
+
+# the decoder-embedder recipes of issue 27: the published settings they carry (every other option keeps its default)
+RECIPES = {
+    "configs/train/bge-multilingual-gemma2-lora.yaml": dict(  # FlagEmbedding's decoder_only/base.sh
+        pooling="last", append_eos=True, query_instruction_format="<instruct>{}\n<query>{}", lora_rank=32,
+        lora_alpha=64.0, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"],
+        loss="distill", distill_base="infonce", distill_mode="m3", temperature=0.02, group_size=8,
+        query_max_len=512, passage_max_len=512, same_dataset_batches=True, gradient_checkpointing=True,
+        mixed_precision="bf16", dtype="bfloat16", lr=1e-4),
+    "configs/train/e5-mistral-lora.yaml": dict(  # E5-mistral (arXiv:2401.00368)
+        pooling="last", append_eos=True, query_instruction_format="Instruct: {}\nQuery: {}", lora_rank=16,
+        loss="infonce", temperature=0.02, group_size=2, query_max_len=512, passage_max_len=512,
+        gradient_checkpointing=True, mixed_precision="bf16", deepspeed="configs/deepspeed/zero3.json", lr=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_decoder_recipes_hold_the_published_settings(name):
+    have = flat(parse_config(train.TrainConfig, ["--config", str(REPO / name)]))
+    assert {k: have[k] for k in RECIPES[name]} == RECIPES[name]

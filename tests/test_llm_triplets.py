@@ -260,7 +260,8 @@ def test_conversion_to_training_rows_and_train_py_reads_them(tmp_path):
     assert rows[1] == {"query": "text 2", "pos": ["text 3"], "neg": ["text 4"]}  # anchor 2 even -> "A" = t.a
     with_self = training_rows(judgements, texts, self_pairs=True)
     assert with_self[:8] == rows
-    assert with_self[8:] == [{"query": t, "pos": [t], "neg": []} for t in (f"text {i}" for i in (1, 2, 3, 4, 6, 7, 8, 9))]
+    assert with_self[8:] == [{"query": t, "pos": [t], "neg": []}
+                             for t in (f"text {i}" for i in (1, 2, 3, 4, 6, 7, 8, 9))]
     path = tmp_path / "triplets.jsonl"
     write_rows(path, with_self)
     examples = load_examples([str(path)])[0]
@@ -283,8 +284,9 @@ def tiny_causal_lm(tmp_path_factory) -> str:
 def test_causal_lm_judge_scores_letters_like_an_unbatched_forward(tiny_causal_lm):
     judge = CausalLMJudge(tiny_causal_lm, batch_size=4, device="cpu")
     prompts = [render_prompt(DEFAULT_TEMPLATE, *texts) for texts in
-               [("my card is lost", "where is my card", "exchange rate"), ("hi", "a much longer second choice here", "b"),
-                ("refund please", "money back", "top up failed"), ("x", "y", "z"), ("pin blocked", "unlock pin", "fees")]]
+               [("my card is lost", "where is my card", "exchange rate"),
+                ("hi", "a much longer second choice here", "b"), ("refund please", "money back", "top up failed"),
+                ("x", "y", "z"), ("pin blocked", "unlock pin", "fees")]]
     scores = judge.letter_logprobs(prompts)  # batched, right-padded
     model, tok = judge.model, judge.tokenizer
     for i, prompt in enumerate(prompts):
@@ -502,7 +504,8 @@ def test_run_once_runs_a_command_once_and_reports_a_failure(tmp_path):
     assert finetune_and_score.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is True
     assert (tmp_path / "a.log").read_text().strip() == "hello"
     assert finetune_and_score.run_once(ok, tmp_path / "a.done.json", tmp_path / "a.log") is False  # finished before
-    assert finetune_and_score.run_once(ok + ["x"], tmp_path / "a.done.json", tmp_path / "a.log") is True  # another command
+    # another command
+    assert finetune_and_score.run_once(ok + ["x"], tmp_path / "a.done.json", tmp_path / "a.log") is True
     bad = [sys.executable, "-c", "import sys; print('went wrong'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match=r"(?s)failed \(exit 3\).*went wrong"):
         finetune_and_score.run_once(bad, tmp_path / "b.done.json", tmp_path / "b.log")

@@ -35,12 +35,21 @@ def saved(tmp_path_factory) -> str:
     return folder
 
 
+# options added after dtype (issue 27: decoder embedders, LoRA), with defaults that change nothing for earlier runs
+ADDED_AFTER_DTYPE = [("append_eos", None), ("query_instruction_format", None), ("query_instruction", None),
+                     ("format_passages", None), ("lora_rank", 0), ("lora_alpha", None), ("lora_dropout", 0.1),
+                     ("lora_target_modules", dataclasses.MISSING), ("lora_modules_to_save", dataclasses.MISSING),
+                     ("merge_lora", False)]
+
+
 def test_model_config_has_train_configs_model_options_in_order_and_one_new_dtype():
     fields = dataclasses.fields(ModelConfig)
     got = [(f.metadata.get("key", f.name), f.default, f.metadata["help"]) for f in fields]
-    assert got[:-1] == TRAIN_CONFIG_MODEL_OPTIONS
+    n = len(TRAIN_CONFIG_MODEL_OPTIONS)
+    assert got[:n] == TRAIN_CONFIG_MODEL_OPTIONS
     assert fields[0].name == "backbone"  # read from the key `model`
-    assert got[-1][:2] == ("dtype", "auto")  # the new option; auto = what loading did before it existed
+    assert got[n][:2] == ("dtype", "auto")  # the new option; auto = what loading did before it existed
+    assert [g[:2] for g in got[n + 1:]] == ADDED_AFTER_DTYPE
 
 
 def test_check_names_the_field_never_a_flag(saved):
@@ -49,7 +58,8 @@ def test_check_names_the_field_never_a_flag(saved):
     for change, key, message in [
         ({"backbone": ""}, "model", "is required (a local folder or Hub id)"),
         ({"pooling": "max"}, "pooling", "max: must be one of mean, cls, last"),
-        ({"attn_implementation": "flash"}, "attn_implementation", "flash: must be one of sdpa, eager, flash_attention_2"),
+        ({"attn_implementation": "flash"}, "attn_implementation",
+         "flash: must be one of sdpa, eager, flash_attention_2"),
         ({"dtype": "fp32"}, "dtype", "fp32: must be one of auto, float32, bfloat16, float16"),
         ({"query_max_len": 0}, "query_max_len", "0: must be ≥ 1"),
         ({"passage_max_len": True}, "passage_max_len", "True: must be ≥ 1"),
@@ -67,7 +77,8 @@ def same_module(a: BiEncoder, b: BiEncoder) -> None:
     assert a.backbone.is_gradient_checkpointing == b.backbone.is_gradient_checkpointing
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) and sa[k].dtype == sb[k].dtype for k in sa)
-    assert [n for n, p in a.named_parameters() if p.requires_grad] == [n for n, p in b.named_parameters() if p.requires_grad]
+    assert ([n for n, p in a.named_parameters() if p.requires_grad]
+            == [n for n, p in b.named_parameters() if p.requires_grad])
 
 
 def test_build_model_builds_what_train_py_built(saved):

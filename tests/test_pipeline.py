@@ -24,9 +24,10 @@ ANIMALS = [("otter", "rivers", "fish and crayfish", 12), ("badger", "woodland se
            ("red fox", "farmland edges", "voles and berries", 7), ("barn owl", "open grassland", "field mice", 3),
            ("grey seal", "rocky shores", "cod and sand eels", 1), ("red squirrel", "conifer forests", "pine seeds", 4),
            ("kingfisher", "slow streams", "minnows", 1), ("pine marten", "old pinewoods", "squirrels and birds", 5)]
-CITIES = [("Lyon", "Rhône", "silk weaving"), ("Bristol", "Avon", "suspension bridge"), ("Cologne", "Rhine", "cathedral"),
-          ("Seville", "Guadalquivir", "orange trees"), ("Porto", "Douro", "fortified wine"),
-          ("Kraków", "Vistula", "cloth hall"), ("Budapest", "Danube", "thermal baths"), ("Turin", "Po", "car factories")]
+CITIES = [("Lyon", "Rhône", "silk weaving"), ("Bristol", "Avon", "suspension bridge"),
+          ("Cologne", "Rhine", "cathedral"), ("Seville", "Guadalquivir", "orange trees"),
+          ("Porto", "Douro", "fortified wine"), ("Kraków", "Vistula", "cloth hall"),
+          ("Budapest", "Danube", "thermal baths"), ("Turin", "Po", "car factories")]
 
 
 def diet(a):
@@ -169,7 +170,8 @@ def test_max_pos_ratio_drops_candidates_scoring_close_to_the_positive(tiny_model
         if len(cands) - len(too_close) >= 3:  # enough candidates: no random top-up, so the filter must hold
             assert not set(row["neg"]) & too_close
     assert expected_drops > 0
-    assert result["report"]["candidates dropped by --max-pos-ratio (scored too close to the positive)"] == expected_drops
+    assert (result["report"]["candidates dropped by --max-pos-ratio (scored too close to the positive)"]
+            == expected_drops)
 
 
 def test_corpus_embeddings_are_cached_and_reused(tiny_model, train_file, tmp_path, monkeypatch):
@@ -219,8 +221,8 @@ def test_beir_folder_gives_queries_and_positives_from_qrels(tiny_model, tmp_path
     (beir / "qrels").mkdir(parents=True)
     docs = [{"_id": f"d{i}", "title": a[0].title(), "text": diet(a)} for i, a in enumerate(ANIMALS)]
     write_jsonl(beir / "corpus.jsonl", docs)
-    write_jsonl(beir / "queries.jsonl", [{"_id": "q1", "text": "What eats fish?"}, {"_id": "q2", "text": "Who eats mice?"},
-                                         {"_id": "q3", "text": "not judged"}])
+    write_jsonl(beir / "queries.jsonl", [{"_id": "q1", "text": "What eats fish?"},
+                                         {"_id": "q2", "text": "Who eats mice?"}, {"_id": "q3", "text": "not judged"}])
     (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq1\td1\t0\nq2\td5\t1\n")
     mine_hard_negatives.main(["--model", tiny_model, "--beir", str(beir), "--split", "train", "--range", "1-6",
                               "--negative-number", "3", "--output", str(tmp_path / "m.jsonl"), "--no-cache"])
@@ -235,7 +237,8 @@ def test_positives_missing_from_the_corpus_stop_the_run_or_are_counted(tiny_mode
     corpus = tmp_path / "corpus.jsonl"
     write_jsonl(corpus, [{"text": t} for t in corpus_of(make_rows()) if t != diet(ANIMALS[1])])
     out = tmp_path / "mined.jsonl"
-    with pytest.raises(SystemExit, match=r"1 of 13 queries have positives missing from the corpus \(first: .*train.jsonl:2"):
+    with pytest.raises(SystemExit,
+                       match=r"1 of 13 queries have positives missing from the corpus \(first: .*train.jsonl:2"):
         mine(tiny_model, train_file, out, "--corpus", str(corpus), "--range", "2-10")
     assert not out.exists()
     result = mine(tiny_model, train_file, out, "--corpus", str(corpus), "--range", "2-10", "--skip-missing-positives")
@@ -280,7 +283,8 @@ def test_mismatched_score_lengths_are_an_error(tiny_model, tmp_path):
 # ------------------------------------------------------------------ teacher scores
 def test_cross_encoder_scores_equal_a_direct_model_call(tiny_reranker, train_file, tmp_path):
     out = tmp_path / "scored.jsonl"
-    score_with_teacher.main(["--teacher", tiny_reranker, "--input", train_file, "--output", str(out), "--batch-size", "4"])
+    score_with_teacher.main(["--teacher", tiny_reranker, "--input", train_file, "--output", str(out),
+                             "--batch-size", "4"])
     model = BertForSequenceClassification.from_pretrained(tiny_reranker).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reranker)
     rows = read_jsonl(out)
@@ -321,8 +325,8 @@ def test_nan_teacher_output_is_an_error(tiny_reranker, train_file, tmp_path):
 # ------------------------------------------------------------------ split, filter, NLI
 def test_split_by_length_puts_each_row_in_its_range(train_file, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    counts = split_by_length.main(["--input", train_file, "--tokenizer", minilm_path(), "--length-list", "0", "16", "20",
-                                   "--output-dir", str(tmp_path / "split")])
+    counts = split_by_length.main(["--input", train_file, "--tokenizer", minilm_path(),
+                                   "--length-list", "0", "16", "20", "--output-dir", str(tmp_path / "split")])
     expected = {}
     for row in make_rows():
         n = max(len(tokenizer(t)["input_ids"]) for t in [row["query"]] + row["pos"] + row["neg"])
@@ -346,7 +350,8 @@ def test_filter_consistency_keeps_exactly_the_positives_ranked_in_the_top_k(tiny
     for i, r in enumerate(rows_in):
         kept = []
         for p in r["pos"]:
-            rank = sum(sims[i, j].item() > sims[i, corpus.index(p)].item() for j, t in enumerate(corpus) if t not in r["pos"])
+            rank = sum(sims[i, j].item() > sims[i, corpus.index(p)].item()
+                       for j, t in enumerate(corpus) if t not in r["pos"])
             if rank < top_k:
                 kept.append(p)
         if kept:
@@ -389,7 +394,8 @@ def test_prepare_nli_groups_premises_into_triplets(tmp_path):
 
 @needs_data
 def test_prepare_nli_reproduces_the_shared_kornli_triplets(tmp_path):
-    prepare_nli.main(["--input", str(DATA / "train" / "kornli-pairs.tsv"), "--output", str(tmp_path / "t.jsonl"), "--first"])
+    prepare_nli.main(["--input", str(DATA / "train" / "kornli-pairs.tsv"), "--output", str(tmp_path / "t.jsonl"),
+                      "--first"])
     assert (tmp_path / "t.jsonl").read_bytes() == (DATA / "train" / "kornli-triplets.jsonl").read_bytes()
 
 

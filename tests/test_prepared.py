@@ -168,7 +168,8 @@ def test_negative_alpha_is_refused(run, alpha, message):
     model, inputs, _ = run
     # through train.py: the flags (train.py maps OptionError.fields)
     with pytest.raises(SystemExit, match=r"data error: --sampling-alpha \S+: must be ≥ 0"):
-        train.main(train.TrainConfig.of(model=model, train_data=inputs, same_dataset_batches=True, sampling_alpha=alpha))
+        train.main(train.TrainConfig.of(model=model, train_data=inputs, same_dataset_batches=True,
+                                        sampling_alpha=alpha))
     with pytest.raises(SystemExit, match=r"--sampling-alpha: chooses the source.*\(set --same-dataset-batches\)"):
         train.main(train.TrainConfig.of(model=model, train_data=inputs, sampling_alpha=0.5))
 
@@ -192,7 +193,8 @@ def test_rerun_is_a_no_op_and_an_interrupted_prepare_starts_over(run, tmp_path):
     staging = str(tmp_path / ".c.killed.partial")
     os.makedirs(staging + "/shards")
     open(staging + "/shards/shard-00000.arrow", "wb").write(b"half")
-    json.dump({"tool": "scripts.prepare_data", "entries": [], "staging_for": "c"}, open(staging + "/.written_by.json", "w"))
+    json.dump({"tool": "scripts.prepare_data", "entries": [], "staging_for": "c"},
+              open(staging + "/.written_by.json", "w"))
     prepare(inputs, model, out, overwrite=True, progress=False, log=messages.append)
     assert not os.path.exists(staging) and "starting over" in " ".join(messages)
     assert sorted(os.listdir(tmp_path)) == ["c"]  # no staging or replaced folder left beside it
@@ -560,7 +562,8 @@ def test_a_datasets_folder_is_a_source_like_a_file(run, tmp_path):
     model, inputs, _ = run
     examples, _ = load_examples([inputs[1]])
     folder = str(tmp_path / "ds")
-    datasets.Dataset.from_list([{"query": ex.query, "pos": ex.pos, "neg": ex.neg} for ex in examples]).save_to_disk(folder)
+    datasets.Dataset.from_list([{"query": ex.query, "pos": ex.pos, "neg": ex.neg}
+                                for ex in examples]).save_to_disk(folder)
     a = prepare([inputs[1]], model, str(tmp_path / "a"), **QUIET)
     b = prepare([folder], model, str(tmp_path / "b"), **QUIET)
     assert a["content_digest"] == b["content_digest"] and a["rows"] == b["rows"] == 80

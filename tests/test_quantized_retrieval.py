@@ -195,7 +195,8 @@ def test_summary_retention_is_the_score_over_the_float32_score(tiny_model, tiny_
                 "quantize": variant["precision"] if variant["precision"] != "float32" else None,
                 "rescore_multiplier": variant.get("rescore_multiplier")}.items()) if v is not None)
             saved = json.loads((revision / "experiments" / experiment / f"{name}.json").read_text())
-            assert saved["scores"]["test"][0]["main_score"] == pytest.approx(variant["main_score"], abs=1e-6)  # rounded there
+            # rounded in the saved file
+            assert saved["scores"]["test"][0]["main_score"] == pytest.approx(variant["main_score"], abs=1e-6)
 
 
 def test_one_encode_per_run_however_many_variants(tiny_model, tiny_tasks, tmp_path, monkeypatch):
@@ -239,7 +240,8 @@ def test_bad_variant_options_stop_at_start(tiny_model, tiny_tasks, tmp_path, mon
         with pytest.raises(SystemExit) as stop:
             cli(tiny_model, tiny_tasks, out, *extra)
         err = capsys.readouterr().err
-        assert stop.value.code not in (0, None) and message in f"{stop.value.code}\n{err}", (extra, stop.value.code, err)
+        assert (stop.value.code not in (0, None)
+                and message in f"{stop.value.code}\n{err}"), (extra, stop.value.code, err)
         assert "Traceback" not in err
     assert not out.exists()
 
@@ -261,7 +263,8 @@ def test_korsts_variants_with_minilm(tmp_path):
 @pytest.mark.timeout(3600)  # the 5,183-document encode passed pytest.ini's 900 s on the shared 2-core CPU under load
 @needs_data
 def test_scifact_variants_with_minilm(tmp_path):
-    summary = run_cli_in_process(["--model", minilm_path(), "--local-task", f"retrieval={DATA / 'retrieval' / 'scifact'}",
+    summary = run_cli_in_process(["--model", minilm_path(),
+                                  "--local-task", f"retrieval={DATA / 'retrieval' / 'scifact'}",
                                   "--device", "cpu", "--output-dir", str(tmp_path), "--truncate-dim", "128",
                                   "--quantize", "int8", "binary", "--rescore-multiplier", "4"])
     entry = summary["scifact"]
@@ -269,4 +272,5 @@ def test_scifact_variants_with_minilm(tmp_path):
     score = {(v["dim"], v["precision"], v.get("rescore_multiplier")): v["main_score"] for v in entry["variants"]}
     print(json.dumps({" ".join(map(str, k)): round(s, 5) for k, s in score.items()}, indent=1))
     assert score[384, "binary", 4] > score[384, "binary", None]  # rescoring recovers what the sign bits lose
-    assert score[384, "int8", 4] > 0.97 * entry["main_score"] and score[128, "float32", None] > 0.8 * entry["main_score"]
+    assert (score[384, "int8", 4] > 0.97 * entry["main_score"]
+            and score[128, "float32", None] > 0.8 * entry["main_score"])

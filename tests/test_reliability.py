@@ -75,7 +75,8 @@ def test_non_finite_teacher_scores_are_refused_at_load(tmp_path, value):
         load_examples(str(path))
 
 
-@pytest.mark.parametrize("extra", [[], ["--grad-cache-chunk", "5"], ["--gradient-accumulation-steps", "2", "--seed", "3"]],
+@pytest.mark.parametrize("extra", [[], ["--grad-cache-chunk", "5"],
+                                   ["--gradient-accumulation-steps", "2", "--seed", "3"]],
                          ids=["plain", "GradCache", "accumulation 2"])
 def test_a_non_finite_step_is_skipped_exactly_and_training_goes_on(tiny_run, bad_row_data, tmp_path, capfd, extra):
     # (accumulation: seed 3 puts the bad row's batch mid-run, where the steps before and after it can be compared)
@@ -108,19 +109,22 @@ def test_two_processes_skip_the_same_step_when_only_one_batch_is_bad(tiny_run, b
     """Under DeepSpeed the engine steps inside backward; its ZeRO optimizer skips the non-finite step itself and
     train.py reads that back (training/step_guard.py)."""
     out = str(tmp_path / "out")
-    res = torchrun(["train.py", *train_args(tiny_run[0], bad_row_data, out, "--loss", "distill", "--teacher-temperature",
-                                            "0.5", "--batch-size", "2", "--max-steps", "12", "--save-steps", "1",
-                                            "--save-total-limit", "0", *extra)])  # raises unless exit code 0
+    # raises unless exit code 0
+    res = torchrun(["train.py", *train_args(tiny_run[0], bad_row_data, out, "--loss", "distill",
+                                            "--teacher-temperature", "0.5", "--batch-size", "2", "--max-steps", "12",
+                                            "--save-steps", "1", "--save-total-limit", "0", *extra)])
     text = res.stdout + res.stderr
     skipped = skipped_steps(res.stdout)
     assert len(skipped) == 1, text[-4000:]
     k = skipped[0]
-    bad_ranks = {line.split("]")[0] for line in res.stderr.splitlines() if line.startswith("[rank ") and "loss nan" in line}
+    bad_ranks = {line.split("]")[0] for line in res.stderr.splitlines()
+                 if line.startswith("[rank ") and "loss nan" in line}
     assert len(bad_ranks) == 1, text[-4000:]  # precondition: only one process had a non-finite loss
     before, at = (load_file(os.path.join(out, f"checkpoint-{s}", "model.safetensors")) for s in (k - 1, k))
     assert all(torch.equal(before[n], at[n]) for n in before)  # (fp32 master weights under DeepSpeed)
     if not extra:  # accelerate's state: weights, AdamW moments, schedule (DeepSpeed's files also hold step counters)
-        assert state_hashes(os.path.join(out, f"checkpoint-{k}")) == state_hashes(os.path.join(out, f"checkpoint-{k - 1}"))
+        assert (state_hashes(os.path.join(out, f"checkpoint-{k}"))
+                == state_hashes(os.path.join(out, f"checkpoint-{k - 1}")))
     assert_finite_model(out)
     # the LR schedule advances once per applied step, as on one process (not once per process), not on step k
     optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
@@ -321,7 +325,8 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_latest_falls_back(tiny_run,
     newest = os.path.join(out, "checkpoint-3")
     assert find_checkpoint("latest", out) == newest  # precondition: intact, it is the one resumed from
     damage(os.path.join(newest, file), how)
-    with pytest.raises(SystemExit, match=re.escape(f"--resume-from-checkpoint {newest}: {os.path.join(newest, file)}: ")):
+    with pytest.raises(SystemExit,
+                       match=re.escape(f"--resume-from-checkpoint {newest}: {os.path.join(newest, file)}: ")):
         find_checkpoint(newest, out)
     capfd.readouterr()
     res = train.main(cfg_for(*tiny_run, out, "--max-steps", "4", "--save-steps", "1", "--save-total-limit", "0",
@@ -378,7 +383,8 @@ def test_a_stopped_rank_makes_the_other_fail_within_the_ddp_timeout(tiny_run, tm
     out, timeout = str(tmp_path / "out"), 20
     log = open(tmp_path / "log.txt", "w+")
     launcher = subprocess.Popen([*TORCHRUN, "train.py", *train_args(*tiny_run, out, "--max-steps", "500",
-                                                                    "--save-steps", "2", "--ddp-timeout", str(timeout))],
+                                                                    "--save-steps", "2",
+                                                                    "--ddp-timeout", str(timeout))],
                                 cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     stopped = None
     try:

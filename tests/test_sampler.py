@@ -84,7 +84,8 @@ def test_buckets_that_hold_whole_batches_give_only_pure_batches():
 def test_ranks_get_disjoint_slices_of_the_same_global_batch_and_equal_steps():
     data = examples_with_duplicates(600)
     for world in (1, 3, 4):
-        ranks = [BucketBatchSampler(600, 8, world_size=world, rank=r, length_keys=random_keys(600), text_ids=text_ids(data))
+        ranks = [BucketBatchSampler(600, 8, world_size=world, rank=r, length_keys=random_keys(600),
+                                    text_ids=text_ids(data))
                  for r in range(world)]
         for epoch in (0, 1):
             for s in ranks:

@@ -26,8 +26,8 @@ def trained(tiny_run, tmp_path_factory):
     """60 steps of gte on the repo's bilingual sample with prompts, evaluated on its held-out STS pairs."""
     out = str(tmp_path_factory.mktemp("trained") / "out")
     cfg = parse_config(TrainConfig, train_args(tiny_run[0], str(SAMPLE / "train.jsonl"), out) + [
-        "--loss", "gte", "--group-size", "2", "--batch-size", "32", "--max-steps", "60", "--lr", "3e-3", "--temperature", "0.05",
-        "--warmup-ratio", "0.1", "--query-prompt", "query: ", "--passage-prompt", "passage: ",
+        "--loss", "gte", "--group-size", "2", "--batch-size", "32", "--max-steps", "60", "--lr", "3e-3",
+        "--temperature", "0.05", "--warmup-ratio", "0.1", "--query-prompt", "query: ", "--passage-prompt", "passage: ",
         "--eval-sts", str(SAMPLE / "heldout-sts.tsv"), "--save-steps", "20", "--save-total-limit", "1"])
     return out, main(cfg)
 
@@ -58,7 +58,8 @@ def test_sentence_transformers_loads_the_trained_folder_with_the_same_embeddings
     out = trained[0]
     ours = BiEncoder.from_pretrained(out).eval()
     theirs = SentenceTransformer(out, device="cpu")
-    texts = ["오늘 아침에 학생이 공원에서 책을 읽고 있다.", "A pilot is drinking coffee at the airport tonight.", "short"]
+    texts = ["오늘 아침에 학생이 공원에서 책을 읽고 있다.", "A pilot is drinking coffee at the airport tonight.",
+             "short"]
     for prompt_name, prompt in (("query", "query: "), ("document", "passage: ")):
         assert theirs.prompts[prompt_name] == prompt
         a = ours.encode(texts, prompt=prompt)

@@ -50,12 +50,14 @@ MANIFEST = "manifest.json"
 # Settings a resumed run may change: they decide where results go and what is logged, not what is computed.
 FREE_TO_CHANGE = {"output_dir", "resume_from_checkpoint", "save_steps", "save_total_limit", "log_steps",
                   "report_to", "num_workers", "eval_sts", "eval_steps", "overwrite_output_dir", "max_bad_steps",
-                  "ddp_timeout", "allow_inexact_resume"}
+                  "ddp_timeout", "allow_inexact_resume", "merge_lora"}
 
 
-def save_model(accelerator, model, folder: str, staged: bool = True) -> None:
+def save_model(accelerator, model, folder: str, staged: bool = True, merge: bool = False) -> None:
     """Write a loadable folder; under DeepSpeed ZeRO-3 the full weights are gathered first, and under DeepSpeed
-    bf16/fp16 the optimizer's fp32 master weights are saved, not the module's rounded 16-bit copy.
+    bf16/fp16 the optimizer's fp32 master weights are saved, not the module's rounded 16-bit copy. A LoRA model is
+    saved as its adapter folder, taken from those gathered weights (under ZeRO-3 the module's own tensors are empty
+    partitions), or with merge=True merged into its base weights.
 
     staged: write into `<folder>.partial` (a checkpoint's own `.partial` folder is written directly) and move it into
     place when complete; `folder` may be the run's --output-dir, which keeps its checkpoints beside the model files.
@@ -75,7 +77,8 @@ def save_model(accelerator, model, folder: str, staged: bool = True) -> None:
             if staged and os.path.exists(target):
                 shutil.rmtree(target)  # left by a run of this output folder killed while saving
             accelerator.unwrap_model(model).save(
-                target, state_dict={k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+                target, state_dict={k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)},
+                merge=merge)
             apply_umask(target)
             if staged:
                 move_into(target, folder)

@@ -14,6 +14,9 @@ def build_optimizer(named_parameters, *, lr: float, weight_decay: float, warmup_
     named = [(n, p) for n, p in named_parameters if p.requires_grad]
     groups = [{"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": weight_decay},
               {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0}]
+    # an empty group (LoRA adapters have no biases or norms) is left out: DeepSpeed drops it, and the schedule, built
+    # here with one learning rate per group, would then have one too many
+    groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler

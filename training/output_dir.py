@@ -77,7 +77,8 @@ def _replaced_folders(output_dir: str) -> list[str]:
     if not os.path.isdir(output_dir):
         return []
     return [os.path.join(output_dir, n) for n in sorted(os.listdir(output_dir))
-            if re.fullmatch(r"checkpoint-\d+(\.partial)?|best(\.partial)?", n) and os.path.isdir(os.path.join(output_dir, n))]
+            if re.fullmatch(r"checkpoint-\d+(\.partial)?|best(\.partial)?", n)
+            and os.path.isdir(os.path.join(output_dir, n))]
 
 
 def _holds_a_run(output_dir: str) -> bool:

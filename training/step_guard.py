@@ -43,11 +43,13 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class StepGuard:
-    def __init__(self, accelerator, model, max_bad_steps: int, output_dir: str, sources=None, state: dict | None = None):
+    def __init__(self, accelerator, model, max_bad_steps: int, output_dir: str, sources=None,
+                 state: dict | None = None):
         """sources: dataset index -> "file:line" of that example, to name the rows of a bad micro-batch.
         state: `state_dict()` of the run's guard at the checkpoint resumed from (None: a fresh run, or a checkpoint
         written before it was saved, whose steps then count as applied)."""
-        self.accelerator, self.model, self.max_bad_steps, self.output_dir = accelerator, model, max_bad_steps, output_dir
+        self.accelerator, self.model = accelerator, model
+        self.max_bad_steps, self.output_dir = max_bad_steps, output_dir
         self.sources = sources
         self.micro_losses: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # this step's (loss, example indices)
         fresh, state = state is None, state or {}
@@ -73,7 +75,7 @@ class StepGuard:
         self.micro_losses.append((loss.detach(), batch.get("index")))
         if not self.accelerator.sync_gradients:
             return True
-        losses = torch.stack([l.float() for l, _ in self.micro_losses])
+        losses = torch.stack([micro_loss.float() for micro_loss, _ in self.micro_losses])
         flags = torch.stack([(~torch.isfinite(losses)).any().float(),
                              torch.tensor(float(self.sigterm_received), device=losses.device)])
         flags = self.accelerator.reduce(flags, reduction="sum").tolist()  # [processes with a bad loss, with SIGTERM]
@@ -109,7 +111,8 @@ class StepGuard:
 
     def _report(self, step, micro, bad_loss, bad_norm, grad_norm) -> None:
         """Rank-local detail (which rows) from every process that saw a bad loss; the decision once, from main."""
-        what = " and ".join(w for w, on in (("loss", bad_loss), (f"gradient norm ({float(grad_norm)})", bad_norm)) if on)
+        what = " and ".join(w for w, on in (("loss", bad_loss),
+                                            (f"gradient norm ({float(grad_norm)})", bad_norm)) if on)
         self.accelerator.print(f"step {step}: non-finite {what}; update skipped "
                                f"({len(self.bad_in_a_row) + 1} in a row, stop at --max-bad-steps {self.max_bad_steps})")
         for loss, index in micro:

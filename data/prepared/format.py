@@ -102,19 +102,39 @@ def shard_features(pretokenize: bool):
 # ------------------------------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class LengthSettings:
-    """What the stored token lengths depend on; a run must use the same (train.py compares them)."""
+    """What the stored token lengths depend on; a run must use the same (train.py compares them). The fields after
+    passage_prompt were added by issue 27; a manifest written before holds their defaults (no format, no EOS)."""
 
     tokenizer: str  # fingerprint (`tokenizer_fingerprint`)
     query_max_len: int
     passage_max_len: int
     query_prompt: str
     passage_prompt: str
+    query_instruction_format: str = ""
+    query_instruction: str = ""
+    format_passages: bool = False  # passages written with the instruction format (symmetric data)
+    append_eos: bool = False  # the tokenizer appended EOS to every text
 
     @classmethod
-    def of(cls, tokenizer, settings) -> "LengthSettings":
-        """From a tokenizer and EncoderSettings (a model's, or read_settings of a folder plus overrides)."""
+    def of(cls, tokenizer, settings, format_passages: bool = False) -> "LengthSettings":
+        """From a tokenizer and EncoderSettings (a model's, or read_settings of a folder plus overrides), after the
+        model's set-up (models/bi_encoder.py `set_up_text`: append_eos decided, EOS in the tokenizer)."""
         return cls(tokenizer_fingerprint(tokenizer), int(settings.query_max_len), int(settings.passage_max_len),
-                   settings.query_prompt or "", settings.passage_prompt or "")
+                   settings.query_prompt or "", settings.passage_prompt or "", settings.query_instruction_format or "",
+                   settings.query_instruction or "", bool(format_passages and settings.query_instruction_format),
+                   bool(settings.append_eos))
+
+    @classmethod
+    def from_manifest(cls, recorded: dict) -> "LengthSettings":
+        """The settings a manifest records, with the defaults of fields added since it was written."""
+        return cls(**{f: recorded[f] for f in cls.__dataclass_fields__ if f in recorded})
+
+    def text_format(self):
+        """How the texts were written (models/text_format.py)."""
+        from models.text_format import TextFormat
+
+        return TextFormat(self.query_prompt, self.passage_prompt, self.query_instruction_format,
+                          self.query_instruction, self.format_passages)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

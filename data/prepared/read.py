@@ -107,13 +107,13 @@ class PreparedCorpus:
         """index/<name>.npy, memory-mapped read-only (a header read; pages load when touched)."""
         return np.load(os.path.join(self.path, INDEX, name + ".npy"), mmap_mode="r")
 
-    def check_settings(self, tokenizer, settings, rows: RowKind) -> None:
-        """Refuse a corpus whose lengths were computed for another tokenizer, prompts or max lengths (OptionError
-        naming the differing settings' fields), or for another kind of rows, naming each difference."""
-        want = LengthSettings.of(tokenizer, settings).__dict__
-        have = self.manifest["settings"]
-        fields = [k for k in ("query_max_len", "passage_max_len", "query_prompt", "passage_prompt")
-                  if have.get(k) != want[k]]
+    def check_settings(self, tokenizer, settings, rows: RowKind, format_passages: bool | None = None) -> None:
+        """Refuse a corpus whose lengths were computed for another tokenizer, prompts, instruction format, EOS or max
+        lengths (OptionError naming the differing settings' fields), or for another kind of rows, naming each
+        difference. format_passages: the run's option (None = by the kind of rows)."""
+        want = LengthSettings.of(tokenizer, settings, rows.formats_passages(format_passages)).__dict__
+        have = LengthSettings.from_manifest(self.manifest["settings"]).__dict__
+        fields = [k for k in want if k != "tokenizer" and have.get(k) != want[k]]
         diff = []
         if have.get("tokenizer") != want["tokenizer"]:
             diff.append(f"tokenizer (fingerprint): {have.get('tokenizer')!r} in the corpus, {want['tokenizer']!r} in "

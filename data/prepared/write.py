@@ -64,7 +64,11 @@ class Annotate:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            from models.family import add_eos
+
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            if self.s.append_eos:
+                add_eos(self._tokenizer)  # as the model's set-up does (models/family.py)
         return self._tokenizer
 
     def ids(self, texts: list[str], max_len: int) -> list[list[int]]:
@@ -74,10 +78,10 @@ class Annotate:
                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     def __call__(self, batch: dict) -> dict:
-        s = self.s
-        queries = [(p if p is not None else s.query_prompt) + q for q, p in zip(batch["query"], batch["prompt"])]
+        s, fmt = self.s, self.s.text_format()
+        queries = [fmt.query(q, p) for q, p in zip(batch["query"], batch["prompt"])]
         groups = [pos + neg for pos, neg in zip(batch["pos"], batch["neg"])]
-        passages = [s.passage_prompt + t for g in groups for t in g]
+        passages = [fmt.passage(t, p) for g, p in zip(groups, batch["prompt"]) for t in g]
         out = {}
         if self.pretokenize:
             q_ids, p_ids = self.ids(queries, s.query_max_len), self.ids(passages, s.passage_max_len)
@@ -108,13 +112,16 @@ def _signed(hashes: list[int]) -> list[int]:
 
 def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_len: int = 64,
             passage_max_len: int = 256, query_prompt: str | None = None, passage_prompt: str | None = None,
+            query_instruction_format: str | None = None, query_instruction: str | None = None,
+            format_passages: bool | None = None, append_eos: bool | None = None,
             rows: RowKind = RowKind.GROUPS, score_max: float = 5.0, skip_bad_rows: bool = False,
             pretokenize: bool = False, num_proc: int = 1, rows_per_shard: int = 1_000_000, progress: bool = True,
             count_tokens=None, overwrite: bool = False, log=print) -> dict:
     """Write a prepared corpus of `inputs` (any format load_examples reads) to `output`; -> its manifest.
 
-    Lengths are those of tokenizer_path's tokenizer for these max lengths (train.py's defaults) and prompts (None =
-    the model folder's saved prompts), as a run with that model and settings will see them. rows: what the loss
+    Lengths are those of tokenizer_path's tokenizer for these max lengths (train.py's defaults), prompts, instruction
+    format and EOS (None = the model folder's saved ones, and EOS by the model's family: models/family.py), as a run
+    with that model and settings will see them. rows: what the loss
     trains on (the manifest's `pair_kind`: None for query/passage groups, "nli" / "scored" for labelled pairs).
     Rows are streamed (never all in memory, except an NLI file being turned into groups); the token-length pass runs
     in num_proc processes. An existing `output` is replaced only when it
@@ -125,16 +132,18 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
 
     from transformers import AutoTokenizer
 
-    from models.bi_encoder import EncoderSettings, read_settings
+    from models.bi_encoder import EncoderSettings, read_settings, set_up_text
 
     if not inputs:
         raise DataError("no inputs to prepare")
     base = read_settings(tokenizer_path) if os.path.isdir(tokenizer_path) else EncoderSettings()
     overrides = dict(query_max_len=query_max_len, passage_max_len=passage_max_len, query_prompt=query_prompt,
-                     passage_prompt=passage_prompt)
+                     passage_prompt=passage_prompt, query_instruction_format=query_instruction_format,
+                     query_instruction=query_instruction, append_eos=append_eos)
     enc = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    settings = LengthSettings.of(tokenizer, enc)
+    enc = set_up_text(_model_config(tokenizer_path), tokenizer, enc)  # EOS as a run's model set-up decides it
+    settings = LengthSettings.of(tokenizer, enc, rows.formats_passages(format_passages))
     request = {"inputs": [_input_stamp(p) for p in inputs], "settings": dataclasses.asdict(settings),
                "pair_kind": rows.pair_kind, "score_max": score_max, "skip_bad_rows": skip_bad_rows,
                "pretokenize": pretokenize, "count_tokens": None if count_tokens is None else repr(count_tokens)}
@@ -178,6 +187,18 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, query_max_le
         f"{sum(s['bytes'] for s in shards) / 2**20:.0f} MiB, {manifest['seconds']:.0f}s" +
         (f"; {sum(report.skipped.values())} rows skipped" if report.skipped else ""))
     return manifest
+
+
+def _model_config(path: str):
+    """The model's config (an adapter folder's base's) to tell its family by, or None for a tokenizer alone."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    from models.checks import config_source
+
+    try:
+        return AutoConfig.from_pretrained(config_source(path))
+    except (OSError, ValueError):
+        return PretrainedConfig()  # no config.json: not a decoder, unless append_eos is given
 
 
 def _build(inputs, tokenizer_path, staging, settings, rows, score_max, skip_bad_rows, pretokenize, num_proc,

@@ -30,7 +30,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scripts.llm_triplets", description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="bi-encoder to fine-tune (folder or Hub id)")
-    p.add_argument("--input", required=True, help="clustering file the triplets come from (.csv/.tsv/.jsonl: text, label)")
+    p.add_argument("--input", required=True,
+                   help="clustering file the triplets come from (.csv/.tsv/.jsonl: text, label)")
     p.add_argument("--eval-file", help="clustering file scored before/after (default: --input, which scores the "
                                        "texts trained on)")
     p.add_argument("--output-dir", required=True)
@@ -154,12 +155,15 @@ def main(argv=None, runner=finetune_and_score.run_subprocess, description: str |
 
     print("5. score the base model, fine-tune, score again", flush=True)
     eval_extra = shlex.split(args.eval_args)
-    finetune_and_score.run_once(finetune_and_score.evaluate_command(args.model, eval_file, out / "eval-base", eval_extra),
-                  out / "eval-base.done.json", out / "eval-base.log", runner)
-    finetune_and_score.run_once(finetune_and_score.train_command(args.model, out / "triplets.jsonl", out / "model", args.seed,
-                                     shlex.split(args.train_args)), out / "train.done.json", out / "train.log", runner)
-    finetune_and_score.run_once(finetune_and_score.evaluate_command(str(out / "model"), eval_file, out / "eval-tuned", eval_extra),
-                  out / "eval-tuned.done.json", out / "eval-tuned.log", runner)
+    finetune_and_score.run_once(finetune_and_score.evaluate_command(args.model, eval_file, out / "eval-base",
+                                                                    eval_extra),
+                                out / "eval-base.done.json", out / "eval-base.log", runner)
+    finetune_and_score.run_once(finetune_and_score.train_command(args.model, out / "triplets.jsonl", out / "model",
+                                                                 args.seed, shlex.split(args.train_args)),
+                                out / "train.done.json", out / "train.log", runner)
+    finetune_and_score.run_once(finetune_and_score.evaluate_command(str(out / "model"), eval_file, out / "eval-tuned",
+                                                                    eval_extra),
+                                out / "eval-tuned.done.json", out / "eval-tuned.log", runner)
     base, tuned = finetune_and_score.read_scores(out / "eval-base"), finetune_and_score.read_scores(out / "eval-tuned")
     print(finetune_and_score.format_table([("base", base), (f"fine-tuned ({judge.name})", tuned)]))
     result.update(base=base, tuned=tuned)

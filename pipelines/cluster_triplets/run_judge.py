@@ -8,7 +8,8 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from pipelines.cluster_triplets.cache import JudgementCache, judgement_key
-from pipelines.cluster_triplets.judges import DEFAULT_PERSPECTIVE, Judge, JudgeError, gold_answer, parse_choice, render_prompt
+from pipelines.cluster_triplets.judges import (DEFAULT_PERSPECTIVE, Judge, JudgeError, gold_answer, parse_choice,
+                                               render_prompt)
 from pipelines.cluster_triplets.sampling import Triplet
 
 
