@@ -111,6 +111,15 @@ def test_the_encoder_alone_is_saved_and_fine_tunes_with_train_py(text_run, tmp_p
     base = load_file(os.path.join(text_run[0], "model.safetensors"))
     assert set(weights) == set(base) - {"pooler.dense.weight", "pooler.dense.bias"}  # the encoder's own keys
     assert json.load(open(os.path.join(out, "embedding_config.json")))["pooling"] == "cls"
+    from models.bi_encoder import BiEncoder
+
+    loaded = BiEncoder.from_pretrained(out)  # as train.py's --model loads it: every pretrained tensor, pooling cls
+    state = loaded.backbone.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items()) and loaded.settings.pooling == "cls"
+    batch = loaded.tokenizer(["red cat sits"], return_tensors="pt")
+    with torch.no_grad():
+        cls = loaded.backbone(**batch).last_hidden_state[:, 0]
+        assert torch.allclose(loaded.embed(**batch), torch.nn.functional.normalize(cls, dim=-1), atol=1e-6)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"q {w}", "pos": [f"p {w} {v}"]}) + "\n"
                              for w in WORDS for v in WORDS[:2]), encoding="utf-8")
@@ -198,6 +207,7 @@ def test_a_model_without_an_mlm_head_gets_a_fresh_one_said_in_the_log(text_run, 
     text = capsys.readouterr().out
     assert "has no trained MLM head" in text and "a fresh head" in text
     assert "10 skipped: empty or whitespace only" in text  # blank lines: counted and skipped
+    assert "does not mark word pieces" not in text  # MiniLM's WordPiece: whole words, no warning
     # a checkpoint with its head: no note (the note is about the head, not said always)
     with_head = str(tmp_path / "with-head")
     tokenizer = AutoTokenizer.from_pretrained(text_run[0])
@@ -207,6 +217,37 @@ def test_a_model_without_an_mlm_head_gets_a_fresh_one_said_in_the_log(text_run, 
     pretrain.main(parse_config(pretrain.PretrainConfig, args((with_head, text_run[1]), str(tmp_path / "mae2"),
                                                              "--max-steps", "1", "--save-steps", "0")[1:]))
     assert "has no trained MLM head" not in capsys.readouterr().out
+
+
+def bpe_model(folder: str, texts: str) -> str:
+    """A 1-layer BERT whose tokenizer is byte-pair encoding trained on the run's texts: pieces carry no '##'."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train([texts], trainers.BpeTrainer(vocab_size=80, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                                                              "[MASK]"]))
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_tokenizer_without_wordpiece_pieces_trains_with_token_masking_and_a_warning(text_run, tmp_path, capsys):
+    model = bpe_model(str(tmp_path / "bpe"), text_run[1])
+    pieces = AutoTokenizer.from_pretrained(model).tokenize("unbelievably pretraining")
+    assert len(pieces) > 2 and not any(p.startswith("##") for p in pieces)  # precondition: split, no '##'
+    out = str(tmp_path / "mae")
+    pretrain.main(parse_config(pretrain.PretrainConfig, args((model, text_run[1]), out, "--max-steps", "2",
+                                                             "--save-steps", "0")[1:]))
+    assert (f"warning: the tokenizer of {model} (BPE) does not mark word pieces with '##', so masking picks single "
+            "tokens, not whole words") in capsys.readouterr().out
+    assert os.path.exists(os.path.join(out, "model.safetensors"))
 
 
 def test_plain_mlm_trains_the_encoder_only_at_bert_s_ratio(text_run, tmp_path, capsys):
