@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import train
+from cli_config import strip_launcher_args
 from tests.helpers import REPO, losses, subprocess_env, torchrun, train_args, write_learnable_nli
 CASES = [f"{loss}/{mode}" for loss in ("infonce", "gte", "distill_kl", "distill_m3", "infonce_tiled", "gte_tiled",
                                        "distill_m3_tiled") for mode in ("plain", "grad_cache")]
@@ -349,4 +350,4 @@ def test_grad_cache_chunk_checks(tiny_run, tmp_path):
 
 def test_deepspeed_launcher_local_rank_is_ignored():
     argv = ["--model", "m", "--local_rank=3", "--batch-size", "4", "--local-rank", "1"]
-    assert train._strip_launcher_args(argv) == ["--model", "m", "--batch-size", "4"]
+    assert strip_launcher_args(argv) == ["--model", "m", "--batch-size", "4"]  # train.py's and pretrain.py's
