@@ -16,6 +16,7 @@ export HF_HUB_OFFLINE := 1
 install: .venv/done
 
 test: .venv/done
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-slow: .venv/done

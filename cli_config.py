@@ -266,3 +266,16 @@ def option_name(config, key: str) -> str:
     flag = "--" + key.replace("_", "-")
     where = getattr(config, "sources", {}).get(key)
     return f"{flag} ({where}: {key})" if where else flag
+
+
+def strip_launcher_args(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher appends --local_rank=N; the rank is also in the environment (LOCAL_RANK)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--local_rank", "--local-rank"):
+            skip = True
+        elif not a.startswith(("--local_rank=", "--local-rank=")):
+            out.append(a)
+    return out

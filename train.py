@@ -10,7 +10,6 @@ continues a killed run exactly. Run `python train.py --help` for every option.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,7 +20,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cli_config import ConfigError, build_config, describe_error, flat, option_name, parse_config, part
+from cli_config import (ConfigError, build_config, describe_error, flat, option_name, parse_config, part,
+                        strip_launcher_args)
 from data.batch_planner import check_sampler_options
 from data.collator import Collator
 from data.config import DataConfig
@@ -36,14 +36,15 @@ from models.checks import (MaxLengthError, check_max_lengths, check_model_folder
                            embedding_width)
 from models.config import ModelConfig, build_model, check_lora_targets
 from training.accelerator import build_accelerator, finish, uses_deepspeed
-from training.checkpoint import (check_random_states, check_same_run, find_checkpoint, read_trainer_state,
-                                 save_checkpoint, save_model, write_run_record)
+from training.checkpoint import save_checkpoint, save_model, write_run_record
 from training.common_batch_count import common_batch_count
 from training.config import OptimConfig, OutputConfig
 from training.deepspeed_config import load_deepspeed_config
+from training.grad_cache import deepspeed_grad_cache_warning
 from training.log_window import LogWindow
 from training.optimizer import build_optimizer
 from training.output_dir import check_output_dir, claim_output_dir
+from training.resume import find_resume, restore
 from training.step import batch_to_device, train_step
 from training.step_guard import StepGuard, clip_gradients
 
@@ -71,7 +72,7 @@ def main(cfg: TrainConfig) -> dict:
     accelerator, precision = build_accelerator(o, cfg.output)
     set_seed(o.seed)
     is_main, log = accelerator.is_main_process, accelerator.print
-    resume, resumed = find_resume(cfg, log)  # a checkpoint of this same run, or stop now before loading anything
+    resume, resumed = find_resume(cfg.output, flat(cfg), log)  # a checkpoint of this run, or stop before loading
     if is_main:
         claim_output_dir(cfg.output.output_dir, flat(cfg), overwrite=cfg.output.overwrite_output_dir and not resume)
 
@@ -83,6 +84,8 @@ def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ data (the rows the loss registered)
     dataset, sampler, loader, group_size = load_data(cfg, model, accelerator)
     check_run_shape(cfg, group_size, loss_fn, accelerator)
+    if warning := deepspeed_grad_cache_warning(accelerator, model, o.grad_cache_chunk):  # ZeRO-3 too big to hold
+        log(f"warning: {warning}")
 
     # ------------------------------------------------------------------ optimizer and schedule
     batches_per_epoch = common_batch_count(len(loader))  # the same on every process: no hang at an epoch's end
@@ -109,7 +112,8 @@ def main(cfg: TrainConfig) -> dict:
     # ------------------------------------------------------------------ resume
     step, best, history, start = 0, -math.inf, [], (0, 0)  # start: (epoch, batch) of the first micro-batch
     if resume:  # weights, optimizer, schedule, RNG of every process, and the sampler's place
-        step, best, history, start = restore(cfg, accelerator, sampler, resume, resumed, batches_per_epoch)
+        step, best, history, start = restore(accelerator, sampler, resume, resumed, batches_per_epoch,
+                                             cfg.output.allow_inexact_resume)
 
     # ------------------------------------------------------------------ loop
     out = cfg.output
@@ -174,37 +178,6 @@ def load_model(cfg: TrainConfig, log) -> BiEncoder:
         return build_model(cfg.model, log)
     except ConfigError as e:
         raise SystemExit(describe_error(cfg, e)) from None
-
-
-def find_resume(cfg: TrainConfig, log):
-    """(checkpoint folder, its trainer state) for --resume-from-checkpoint, or (None, None); a checkpoint written
-    with other settings is refused here, before anything loads."""
-    out = cfg.output
-    resume = find_checkpoint(out.resume_from_checkpoint, out.output_dir) if out.resume_from_checkpoint else None
-    if resume is None:
-        if out.resume_from_checkpoint:
-            log(f"--resume-from-checkpoint latest: no checkpoint in {out.output_dir} yet, starting at step 0")
-        return None, None
-    resumed = read_trainer_state(resume)
-    check_same_run(resumed["config"], json.loads(json.dumps(flat(cfg))), resume)
-    return resume, resumed
-
-
-def restore(cfg: TrainConfig, accelerator, sampler, resume: str, resumed: dict, batches_per_epoch: int):
-    """Load a checkpoint into the prepared objects and the sampler -> (step, best, history, (epoch, batch) to start)."""
-    state = os.path.join(resume, "state")
-    check_random_states(accelerator, state, cfg.output.allow_inexact_resume)  # accelerate skips bad ones silently
-    accelerator.load_state(state)  # weights, optimizer, schedule, RNG of every process
-    check_random_states(accelerator, state, cfg.output.allow_inexact_resume, restored=True)
-    try:
-        sampler.load_state_dict(resumed["sampler"])  # refuses other data / buckets / global batch
-    except ValueError as e:
-        raise SystemExit(f"--resume-from-checkpoint {resume}: {e}") from None
-    step, history = resumed["step"], resumed["history"]
-    best = -math.inf if resumed["best"] is None else resumed["best"]
-    start = (sampler.epoch, sampler.start_batch) if sampler.start_batch < batches_per_epoch else (sampler.epoch + 1, 0)
-    accelerator.print(f"resumed from {resume}: step {step}, epoch {start[0]}, batch {start[1]}")
-    return step, best, history, start
 
 
 def micro_batches(cfg: TrainConfig, dataset, sampler, loader, start: tuple, batches_per_epoch: int, accelerator):
@@ -429,20 +402,7 @@ def evaluate_sts(accelerator, model, path: str, step: int, history: list) -> flo
     return score
 
 
-def _strip_launcher_args(argv: list[str]) -> list[str]:
-    """The `deepspeed` launcher appends --local_rank=N; the rank is also in the environment (LOCAL_RANK)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--local_rank", "--local-rank"):
-            skip = True
-        elif not a.startswith(("--local_rank=", "--local-rank=")):
-            out.append(a)
-    return out
-
-
 if __name__ == "__main__":
     import sys
 
-    main(parse_config(TrainConfig, _strip_launcher_args(sys.argv[1:]), description=__doc__.split("\n")[0]))
+    main(parse_config(TrainConfig, strip_launcher_args(sys.argv[1:]), description=__doc__.split("\n")[0]))

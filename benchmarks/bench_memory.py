@@ -15,6 +15,8 @@ process (global batch = process batch); with --loss-tile N the InfoNCE is losses
     costs included, for batches where one step takes minutes);
   - GPU only: MFU = 6·N·tokens/s + attention (12·layers·hidden·seq·tokens/s) over --peak-tflops (×4/3 with
     GradCache's extra forward not counted as useful work).
+--attn picks the attention implementation (sdpa, eager, flash_attention_2 with the flash-attn package) and --compile
+runs the backbone under torch.compile (benchmarks/gpu_suite.py reports the fastest for MFU).
 CPU: the subprocesses run with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_, --malloc-mmap-threshold):
 with glibc's default dynamic threshold, the thousands of chunk forwards/backwards of a 65,536-pair GradCache step
 leave the freed activation blocks in a fragmented heap, and RSS grows with the number of chunks although no
@@ -54,7 +56,7 @@ def one_run(args) -> dict:
     from transformers import BertModel
 
     from losses import build_loss
-    from losses.tiled import tiled_form
+    from losses.registry import tiled_form
     from models.bi_encoder import BiEncoder
     from models.settings import EncoderSettings
     from training.step import train_step
@@ -65,10 +67,13 @@ def one_run(args) -> dict:
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
     torch.manual_seed(0)
     config = model_config(args.device)
-    model = BiEncoder(BertModel(config, add_pooling_layer=False), None, EncoderSettings()).to(accelerator.device)
+    backbone = BertModel._from_config(config, attn_implementation=args.attn, add_pooling_layer=False)
+    model = BiEncoder(backbone, None, EncoderSettings()).to(accelerator.device)
+    if args.compile:  # the backbone only: GradCache's chunk shapes make it recompile once per shape
+        model.backbone = torch.compile(model.backbone, dynamic=False)
     loss_fn = build_loss("infonce", dim=model.dim, temperature=0.02)
     if args.loss_tile:
-        loss_fn = tiled_form(loss_fn, args.loss_tile)
+        loss_fn = tiled_form("infonce", loss_fn, args.loss_tile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -106,9 +111,9 @@ def one_run(args) -> dict:
     seconds = (time.perf_counter() - start) / max(args.steps, 1)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tokens_per_step = args.batch * (args.query_len + args.passage_len)
-    out = {"batch": args.batch, "chunk": args.chunk, "loss_tile": args.loss_tile, "seconds_per_step": seconds,
-           "pairs_per_s": args.batch / seconds, "tokens_per_s": tokens_per_step / seconds, "peak_bytes": peak,
-           "step_extra_bytes": peak - base}
+    out = {"batch": args.batch, "chunk": args.chunk, "loss_tile": args.loss_tile, "attn": args.attn,
+           "compile": args.compile, "seconds_per_step": seconds, "pairs_per_s": args.batch / seconds,
+           "tokens_per_s": tokens_per_step / seconds, "peak_bytes": peak, "step_extra_bytes": peak - base}
     if cuda:
         n_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
         seq = (args.query_len + args.passage_len) / 2
@@ -130,6 +135,9 @@ def main() -> None:
     ap.add_argument("--loss-tile", type=int, default=0, help="tiled InfoNCE (losses/tiled.py) with tiles of N × N; "
                     "0 = the dense loss")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on CPU")
+    ap.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2"], default="sdpa",
+                    help="attention implementation (flash_attention_2 needs the flash-attn package)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak bf16 TFLOP/s for MFU "
                     f"(default from the GPU name: {PEAK_TFLOPS})")
     ap.add_argument("--no-uncached", action="store_true", help="skip the runs without GradCache (they may not fit)")
@@ -158,7 +166,8 @@ def main() -> None:
             cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--one", "--device", args.device, "--batch",
                    str(batch), "--chunk", str(chunk), "--query-len", str(args.query_len),
                    "--passage-len", str(args.passage_len),
-                   "--steps", str(args.steps), "--threads", str(args.threads), "--loss-tile", str(args.loss_tile)]
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--loss-tile", str(args.loss_tile),
+                   "--attn", args.attn, *(["--compile"] if args.compile else [])]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
             env = dict(os.environ)

@@ -47,7 +47,8 @@ class Collator:
             batch = {"query": self._tokenize(queries, self.query_max_len),
                      "passage": self._tokenize(passages, self.passage_max_len)}
         if items[0]["teacher_scores"] is not None:
-            batch["teacher_scores"] = torch.tensor([it["teacher_scores"] for it in items], dtype=torch.float32)  # [B, G]
+            batch["teacher_scores"] = torch.tensor([it["teacher_scores"] for it in items],
+                                                   dtype=torch.float32)  # [B, G]
         if items[0]["label"] is not None:
             batch["labels"] = torch.tensor([it["label"] for it in items])  # [B]
         if "index" in items[0]:

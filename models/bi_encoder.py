@@ -79,7 +79,8 @@ class BiEncoder(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         """input_ids, attention_mask: [B, L] -> embeddings [B, H] (L2-normalised if settings.normalize)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # [B, L, H]
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        hidden = out.last_hidden_state  # [B, L, H]
         emb = pool(hidden, attention_mask, self.settings.pooling)  # [B, H]
         if self.settings.normalize:
             emb = nn.functional.normalize(emb.float(), dim=-1)

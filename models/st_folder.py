@@ -24,7 +24,8 @@ from models.text_format import prefix_of
 
 SETTINGS_FILE = "embedding_config.json"
 # Our pooling names <-> the sentence-transformers Pooling config keys (legacy keys: every ST version reads them).
-_ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
+_ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+                    "last": "pooling_mode_lasttoken"}
 
 
 def read_settings(folder: str) -> EncoderSettings:
@@ -104,9 +105,11 @@ def save_folder(model, folder: str, state_dict: dict | None = None, merge: bool 
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         os.makedirs(os.path.join(folder, "2_Normalize"), exist_ok=True)
     _write_json(os.path.join(folder, "modules.json"), modules)
-    pooling_cfg = {"word_embedding_dimension": model.dim, **{key: name == s.pooling for name, key in _ST_POOLING_KEYS.items()}}
+    pooling_cfg = {"word_embedding_dimension": model.dim,
+                   **{key: name == s.pooling for name, key in _ST_POOLING_KEYS.items()}}
     _write_json(os.path.join(folder, "1_Pooling", "config.json"), pooling_cfg)
-    _write_json(os.path.join(folder, "sentence_bert_config.json"), {"max_seq_length": s.passage_max_len, "do_lower_case": False})
+    _write_json(os.path.join(folder, "sentence_bert_config.json"),
+                {"max_seq_length": s.passage_max_len, "do_lower_case": False})
     _write_json(os.path.join(folder, "config_sentence_transformers.json"),
                 {"prompts": st_prompts(s), "default_prompt_name": None, "similarity_fn_name": "cosine"})
 

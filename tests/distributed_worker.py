@@ -1,12 +1,11 @@
-"""Run by tests/test_distributed.py as `torchrun --nproc_per_node 2 -m tests.distributed_worker OUT` (gloo, CPU) from the
-repository root; writes its findings as JSON.
+"""Run by tests/test_distributed.py as `torchrun --nproc_per_node 2 -m tests.distributed_worker OUT` (gloo, CPU)
+from the repository root; writes its findings as JSON.
 
-For every loss × (plain step, GradCache step) — the dense losses, their tiled forms and Matryoshka around both —
-both processes run train.py's `train_step` on their half of one
-global batch, with cross-device negatives, under DDP (accelerate, as train.py does). Every process also runs the
-reference: the same model, not distributed, on the whole global batch in one piece. Rank 0 records the largest
-differences of the loss (mean of the two processes' losses) and of every parameter gradient (after DDP's
-averaging). The test asserts; this script only measures.
+For every loss × (plain step, GradCache step) — the dense losses, their tiled forms and Matryoshka around both — both
+processes run train.py's `train_step` on their half of one global batch, with cross-device negatives, under DDP
+(accelerate, as train.py does). Every process also runs the reference: the same model, not distributed, on the whole
+global batch in one piece. Rank 0 records the largest differences of the loss (mean of the two processes' losses) and
+of every parameter gradient (after DDP's averaging). The test asserts; this script only measures.
 
 Also the softmax loss, whose classifier head is a second module that DDP averages (train.py prepares it so):
 labelled pairs, half per process, against one process on every pair; the head's gradients are compared too.
@@ -126,7 +125,8 @@ def distributed_run(accelerator, base_model, loss_fn, batch, chunk, gather_fn=No
     else:  # an alternative gathering convention, same loss
         with accelerator.autocast():
             q, p = model(query=local["query"], passage=local["passage"])
-        q, p, rows = gather_fn(q), gather_fn(p), slice(accelerator.process_index * B, (accelerator.process_index + 1) * B)
+        rank = accelerator.process_index
+        q, p, rows = gather_fn(q), gather_fn(p), slice(rank * B, (rank + 1) * B)
         loss = loss_fn(q, p, rows=rows, teacher_scores=local["teacher_scores"])
         accelerator.backward(loss)
         loss = loss.detach()
@@ -197,7 +197,8 @@ def main(out_path: str) -> None:
         ref_loss, ref_grads = reference(ref_model, dense, batch)
         for chunk in (0, CHUNK):
             loss, grads = distributed_run(accelerator, base, loss_fn, batch, chunk)
-            results["cases"][f"{case}/{'grad_cache' if chunk else 'plain'}"] = max_diffs(loss, grads, ref_loss, ref_grads)
+            arm = f"{case}/{'grad_cache' if chunk else 'plain'}"
+            results["cases"][arm] = max_diffs(loss, grads, ref_loss, ref_grads)
         if case == "infonce":
             loss, grads = distributed_run(accelerator, base, loss_fn, batch, 0, gather_fn=flagembedding_gather)
             results["flagembedding_infonce"] = max_diffs(loss, grads, ref_loss, ref_grads)

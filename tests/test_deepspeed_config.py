@@ -26,6 +26,10 @@ def test_deepspeed_config_autos_are_filled_from_the_cli():
     ({"gradient_clipping": 0.5}, "contradicts --max-grad-norm"),
     ({"bf16": {"enabled": True}}, "contradicts --mixed-precision no"),
     ({"optimizer": {"type": "AdamW"}}, 'remove the "optimizer" section'),
+    ({"zero_optimization": {"stage": 4}}, "zero_optimization.stage = 4: ZeRO has stages 0, 1, 2 and 3"),
+    ({"zero_optimization": {"stage": -1}}, "zero_optimization.stage = -1: ZeRO has stages"),
+    ({"zero_optimization": {"stage": "2"}}, "zero_optimization.stage = '2': ZeRO has stages"),
+    ({"zero_optimization": {"stage": True}}, "zero_optimization.stage = True: ZeRO has stages"),
 ])
 def test_deepspeed_config_contradicting_the_cli_is_refused(config, message):
     with pytest.raises(SystemExit, match=message):

@@ -99,7 +99,9 @@ def test_distill_kl_matches_reference():
     qv, pv = q.clone().requires_grad_(), p.clone().requires_grad_()
     value = loss(qv, pv, teacher_scores=t)
     value.backward()
-    ref = lambda a, b: ref_kl(a, b, t.tolist(), tau, tau_t)
+
+    def ref(a, b):
+        return ref_kl(a, b, t.tolist(), tau, tau_t)
     assert value.item() == pytest.approx(ref(q.tolist(), p.tolist()), rel=1e-5, abs=1e-7)
     gq, gp = _numeric_grad(ref, q.clone(), p.clone())
     torch.testing.assert_close(qv.grad, gq, atol=1e-5, rtol=1e-4)
@@ -194,7 +196,9 @@ def test_softmax_nli_matches_reference():
     loss_fn = SoftmaxNLILoss(dim).double()
     weight, bias = loss_fn.classifier.weight.tolist(), loss_fn.classifier.bias.tolist()
     uv, vv = u.clone().requires_grad_(), v.clone().requires_grad_()
-    ref = lambda a, b: ref_softmax_nli(a, b, weight, bias, labels.tolist())
+
+    def ref(a, b):
+        return ref_softmax_nli(a, b, weight, bias, labels.tolist())
     _check_value_and_grads(loss_fn(uv, vv, labels=labels), uv, vv, ref, u, v)
 
 

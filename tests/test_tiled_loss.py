@@ -260,7 +260,8 @@ def test_bad_tile_size_is_refused(tile):
 def test_tile_larger_than_the_batch_is_refused():
     with pytest.raises(ValueError, match="tile size 64 is larger than the global batch of 32 queries"):
         choose_tiling("infonce", InfoNCELoss(0.05), 64, tile_above=16384, batch_queries=32)
-    assert choose_tiling("infonce", InfoNCELoss(0.05), 32, tile_above=16384, batch_queries=32).tile_size == 32  # the limit
+    at_limit = choose_tiling("infonce", InfoNCELoss(0.05), 32, tile_above=16384, batch_queries=32)
+    assert at_limit.tile_size == 32  # the limit
     with pytest.raises(ValueError, match="must be ≥ 0"):
         choose_tiling("infonce", InfoNCELoss(0.05), None, tile_above=-1, batch_queries=32)
 

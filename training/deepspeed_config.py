@@ -77,7 +77,10 @@ def resolve_deepspeed_config(config: dict, *, batch_size: int, gradient_accumula
                 raise SystemExit(f"{source}: {dtype}.enabled = {enabled} contradicts --mixed-precision "
                                  f"{mixed_precision}; set it to \"auto\"")
     zero = config.setdefault("zero_optimization", {"stage": 0})
-    if zero.get("stage", 0) == 3:
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise SystemExit(f"{source}: zero_optimization.stage = {stage!r}: ZeRO has stages 0, 1, 2 and 3")
+    if stage == 3:
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", True)
     return config
 

@@ -57,7 +57,8 @@ class Annotate:
     lengths known by construction); None = the tokenizer, as the collator will tokenise."""
 
     def __init__(self, tokenizer_path: str, settings: LengthSettings, pretokenize: bool, count_tokens=None):
-        self.tokenizer_path, self.s, self.pretokenize, self.count_tokens = tokenizer_path, settings, pretokenize, count_tokens
+        self.tokenizer_path, self.s = tokenizer_path, settings
+        self.pretokenize, self.count_tokens = pretokenize, count_tokens
         self._tokenizer = None
 
     def tokenizer(self):
