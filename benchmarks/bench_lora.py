@@ -90,13 +90,13 @@ def main(argv=None) -> None:
             loads.append(os.getloadavg()[0])
 
     threading.Thread(target=sample, daemon=True).start()
-    base = korsts(model)
     if a.parallel:
         started = [start(n, extra[n], model, a.steps, out) for n in a.runs]
         results = [finish(s) for s in started]
     else:
         results = [finish(start(n, extra[n], model, a.steps, out)) for n in a.runs]
     done.set()
+    base = korsts(model)
     print(f"{date.today()}: {describe_machine()}; 1-min load average during the runs {min(loads):.1f}–"
           f"{max(loads):.1f} (mean {sum(loads) / len(loads):.1f}, {len(loads)} samples)"
           f"{'; runs in parallel' if a.parallel else ''}")
