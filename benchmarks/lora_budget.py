@@ -45,6 +45,9 @@ def activation_bytes_per_token() -> tuple[float, float]:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options; --help says what it is
     base, adapter = counts()
     weights = base * 2  # bf16
     adapter_state = adapter * 4 * 4  # fp32 weights (peft keeps adapters in fp32), gradients, Adam m and v

@@ -218,8 +218,8 @@ def test_running_out_of_space_at_the_final_save_leaves_no_half_model(tiny, tmp_p
     out = tmp_path / "out"
     real_save = BiEncoder.save
 
-    def save(self, folder, state_dict=None):
-        real_save(self, folder, state_dict)
+    def save(self, folder, state_dict=None, merge=False):
+        real_save(self, folder, state_dict, merge)
         if not os.path.basename(folder).startswith("checkpoint-"):
             raise OSError(errno.ENOSPC, "No space left on device", os.path.join(folder, "model.safetensors"))
 
