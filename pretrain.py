@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from cli_config import (ConfigError, build_config, describe_error, flat, option_name, parse_config, part,
                         strip_launcher_args)
-from data.examples import hub_offline, looks_like_hub_id
 from data.tables import DataError, OptionError
-from models.checks import MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder
+from models.checks import (MaxLengthError, check_max_lengths, check_model_folder, check_model_sources,
+                           check_tokenizer_folder)
 from pretraining.batches import MaskedTexts, build_text_sampler, collate
 from pretraining.config import MAEConfig, MAEModelConfig, TextDataConfig
 from pretraining.masking import MaskingVocabulary
@@ -257,13 +257,7 @@ def check_options(cfg: PretrainConfig) -> None:
                 raise DataError("a text source is given twice; give each once (its texts would be read twice)")
     except DataError as e:
         raise data_error(cfg, e) from None
-    for flag, path in (("--model", m.backbone), ("--from-config", m.from_config)):
-        if path and not os.path.exists(path):
-            if not looks_like_hub_id(path):
-                raise SystemExit(f"{flag} {path}: no such folder")
-            if hub_offline():
-                raise SystemExit(f"{flag} {path}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE is "
-                                 f"set), so it cannot be downloaded; pass a local folder")
+    check_model_sources(m.backbone, m.from_config)
     try:
         (check_tokenizer_folder if m.from_config else check_model_folder)(m.backbone)
         source = m.from_config or m.backbone

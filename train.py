@@ -25,15 +25,15 @@ from cli_config import (ConfigError, build_config, describe_error, flat, option_
 from data.batch_planner import check_sampler_options
 from data.collator import Collator
 from data.config import DataConfig
-from data.examples import check_data_paths, hub_offline, load_examples, looks_like_hub_id
+from data.examples import check_data_paths, load_examples
 from data.groups import GroupedDataset, PreparedGroupedDataset
 from data.prepared import PreparedCorpus, is_prepared, prepare_hint, read_manifest
 from data.tables import DataError, OptionError
 from data.train_sampler import build_prepared_sampler, build_train_sampler
 from losses.config import LossConfig
 from models.bi_encoder import BiEncoder
-from models.checks import (MaxLengthError, check_max_lengths, check_model_folder, check_tokenizer_folder,
-                           embedding_width)
+from models.checks import (MaxLengthError, check_max_lengths, check_model_folder, check_model_sources,
+                           check_tokenizer_folder, embedding_width)
 from models.config import ModelConfig, build_model, check_lora_targets
 from training.accelerator import build_accelerator, finish, uses_deepspeed
 from training.checkpoint import save_checkpoint, save_model, write_run_record
@@ -344,13 +344,7 @@ def check_model_files(cfg: TrainConfig) -> None:
     the max lengths fit the backbone's positions (else the first step fails on a tensor size), the Matryoshka widths
     its embedding width. Reads JSON files only; a Hub id is checked once downloaded (models/checks.py)."""
     m = cfg.model
-    for flag, path in (("--model", m.backbone), ("--from-config", m.from_config)):
-        if path and not os.path.exists(path):
-            if not looks_like_hub_id(path):
-                raise SystemExit(f"{flag} {path}: no such folder")
-            if hub_offline():
-                raise SystemExit(f"{flag} {path}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE is "
-                                 f"set), so it cannot be downloaded; pass a local folder")
+    check_model_sources(m.backbone, m.from_config)
     try:
         if m.from_config:
             check_tokenizer_folder(m.backbone)

@@ -242,3 +242,17 @@ def find_model(name_or_path: str, *, download: bool = True) -> str | None:
         raise ValueError(f"{path}: no such folder, and it could not be downloaded from the Hub") from None
     except OSError as e:  # connection errors, disk errors
         raise ValueError(f"{path}: could not be downloaded from the Hub ({type(e).__name__}: {e})") from None
+
+
+def check_model_sources(backbone: str, from_config: str | None) -> None:
+    """SystemExit naming the flag when --model / --from-config is neither a local folder nor a Hub id that can be
+    downloaded (train.py and pretrain.py, before anything loads)."""
+    from data.examples import hub_offline, looks_like_hub_id
+
+    for flag, path in (("--model", backbone), ("--from-config", from_config)):
+        if path and not os.path.exists(path):
+            if not looks_like_hub_id(path):
+                raise SystemExit(f"{flag} {path}: no such folder")
+            if hub_offline():
+                raise SystemExit(f"{flag} {path}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE is "
+                                 f"set), so it cannot be downloaded; pass a local folder")
