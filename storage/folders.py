@@ -162,15 +162,22 @@ def _write_marker(folder: str, tool: str, staging_for: str | None = None) -> Non
         json.dump(marker, f, indent=1)
 
 
-def apply_umask(folder: str) -> None:
+def apply_umask(folder: str, others_writing: bool = False) -> None:
     """Give the files under folder the mode the umask allows (0644 under umask 022): some writers (safetensors)
-    create theirs 0600 whatever the umask, so another user of a shared model folder could not read them."""
+    create theirs 0600 whatever the umask, so another user of a shared model folder could not read them.
+    others_writing: other processes may still be saving into folder, so a file listed a moment ago (their temporary
+    file, renamed since) can be gone; it is skipped (each process calls this after its own writes, so every file is
+    seen by its writer)."""
     mask = _umask()
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o666 & ~mask)
+            try:
+                if not os.path.islink(path):
+                    os.chmod(path, 0o666 & ~mask)
+            except FileNotFoundError:
+                if not others_writing:
+                    raise
 
 
 def _umask() -> int:

@@ -428,3 +428,39 @@ def test_a_file_renamed_by_another_process_during_the_checkpoint_flush_is_skippe
     checkpoint.fsync_tree(str(tmp_path), others_writing=True)
     with pytest.raises(FileNotFoundError):
         checkpoint.fsync_tree(str(tmp_path))
+
+
+def test_a_file_renamed_by_another_process_during_the_umask_pass_is_skipped(tmp_path, monkeypatch):
+    """The same race in the pass that gives checkpoint files the umask's mode (seen in CI: rank 1's chmod of
+    rank 0's state/.tmpXXXX, renamed a moment later, failed the save): skipped while others write, refused after."""
+    from storage import folders
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "model.bin").write_bytes(b"x")
+    os.chmod(tmp_path / "state" / "model.bin", 0o600)
+    real_walk = os.walk
+
+    def walk_listing_a_vanished_file(folder, topdown=True):
+        for root, dirs, files in real_walk(folder, topdown=topdown):
+            yield root, dirs, files + ([".tmpGONE"] if root.endswith("state") else [])
+
+    monkeypatch.setattr(folders.os, "walk", walk_listing_a_vanished_file)
+    mask = os.umask(0)
+    os.umask(mask)
+    folders.apply_umask(str(tmp_path), others_writing=True)
+    assert (tmp_path / "state" / "model.bin").stat().st_mode & 0o777 == 0o666 & ~mask  # the real file still done
+    with pytest.raises(FileNotFoundError):
+        folders.apply_umask(str(tmp_path))
+
+
+def test_a_process_that_fails_a_save_leaves_the_partial_folder_until_every_process_has_finished(tmp_path):
+    """2 processes: rank 1 fails its part of a checkpoint at once, rank 0 is still writing. The partial folder must
+    stay until both have reached the agreement (else rank 0 fails on a vanished folder, as in CI, and the error the
+    user reads is the wrong one); after it, the folder is gone and both processes stop with the error."""
+    out = tmp_path / "seen"
+    torchrun(["-m", "tests.failed_write_worker", str(tmp_path), str(out)], timeout=300)
+    seen = [json.loads((tmp_path / f"seen.rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0]["wrote"], seen  # rank 0's write landed: the folder was still there
+    assert seen[0]["outcome"].startswith("SystemExit: another process failed to write checkpoint-5"), seen
+    assert seen[1]["outcome"] == "OSError: rank 1 could not write its optimizer partition", seen
+    assert not seen[0]["partial_left"] and not seen[1]["partial_left"], seen

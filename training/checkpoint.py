@@ -116,18 +116,20 @@ def check_free_space_everywhere(accelerator, folder: str, estimate: int, what: s
 
 def agree_on_write(accelerator, failed: BaseException | None, partial: str | None, folder: str, estimate: int,
                    what: str) -> None:
-    """After a write: every process learns whether any failed (collective); the failed one's partial folder is
-    removed, a lack of space is said as such, any other error is raised on the process that had it."""
+    """After a write: every process learns whether any failed (collective); then, and only then (the others may
+    still be writing into it until they reach this point), the partial folder is removed by the main process and by
+    each failed one (their file systems may differ); a lack of space is said as such, any other error is raised on
+    the process that had it."""
     message = None
     if failed is not None:
         message = no_space_message(failed, folder, estimate, what)  # read before the partial files are removed
-        if partial and os.path.exists(partial):
-            shutil.rmtree(partial, ignore_errors=True)
     count = accelerator.reduce(torch.tensor(float(failed is not None), device=accelerator.device),
                                reduction="sum").item()
     if not count:
         accelerator.wait_for_everyone()
         return
+    if partial and (failed is not None or accelerator.is_main_process) and os.path.exists(partial):
+        shutil.rmtree(partial, ignore_errors=True)
     if failed is not None and message is None:
         raise failed
     raise SystemExit((message or f"another process failed to write {what}") + ". " + _kept_hint(folder))
@@ -206,7 +208,7 @@ def save_checkpoint(accelerator, model, optimizer, output_dir: str, step: int, t
     try:
         if failed is None:
             accelerator.save_state(os.path.join(partial, "state"))
-            apply_umask(os.path.join(partial, "state"))
+            apply_umask(os.path.join(partial, "state"), others_writing=True)  # the others may still be saving
             fsync_tree(partial, others_writing=True)  # each process flushes what it sees, its own files among them
     except Exception as e:  # noqa: BLE001 - agreed on below
         failed = e
