@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -258,3 +259,38 @@ def alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    """Poll predicate until true; AssertionError (the process tree killed) if proc ends or timeout passes first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            kill_tree(proc) if proc.poll() is None else None
+            raise AssertionError(f"{what} did not happen (exit code {proc.returncode})")
+        time.sleep(0.05)
+
+
+def check_sigterm_saves_then_exits_143(command: list[str], out: str, log_path) -> None:
+    """Start command (train.py or pretrain.py writing checkpoints into out every 2 steps), send SIGTERM once its
+    first checkpoint is complete (the loop is running), and check that it exits 143 after saving a complete
+    checkpoint that `latest` finds, and without writing a final model."""
+    from training.checkpoint import complete_checkpoints, find_checkpoint
+    from training.step_guard import SIGTERM_EXIT_CODE
+
+    with open(log_path, "w+") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: complete_checkpoints(out), proc, "a first checkpoint")  # the training loop is running
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc)
+        log.seek(0)
+        text = log.read()
+    assert code == SIGTERM_EXIT_CODE, text[-3000:]
+    step, folder = complete_checkpoints(out)[-1]
+    assert f"SIGTERM: stopped after step {step}; saved {folder}" in text
+    assert find_checkpoint("latest", out) == folder  # complete, manifest intact
+    assert not os.path.exists(os.path.join(out, "model.safetensors"))  # not mistaken for a finished run

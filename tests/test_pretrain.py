@@ -7,8 +7,6 @@ import json
 import math
 import os
 import random
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -19,11 +17,9 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 import pretrain
 from cli_config import parse_config
 from pretraining.prepared import prepare_texts
-from tests.helpers import REPO, TORCHRUN, WORDS, kill_tree, losses, make_tiny_run_files, minilm_path, subprocess_env
-from tests.test_reliability import wait_for
+from tests.helpers import (TORCHRUN, WORDS, check_sigterm_saves_then_exits_143, losses,
+                           make_tiny_run_files, minilm_path, subprocess_env)
 from tests.test_resume import kill_after_checkpoint, run
-from training.checkpoint import complete_checkpoints, find_checkpoint
-from training.step_guard import SIGTERM_EXIT_CODE
 
 ENV = subprocess_env()
 
@@ -134,24 +130,8 @@ def test_the_encoder_alone_is_saved_and_fine_tunes_with_train_py(text_run, tmp_p
 
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_exits_143(text_run, tmp_path):
     out = str(tmp_path / "out")
-    log = open(tmp_path / "log.txt", "w+")
-    proc = subprocess.Popen([sys.executable, *args(text_run, out, "--max-steps", "500", "--save-steps", "2",
-                                                   "--save-total-limit", "0")],
-                            cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: complete_checkpoints(out), proc, "a first checkpoint")
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    log.seek(0)
-    text = log.read()
-    assert code == SIGTERM_EXIT_CODE, text[-3000:]
-    step, folder = complete_checkpoints(out)[-1]
-    assert f"SIGTERM: stopped after step {step}; saved {folder}" in text
-    assert find_checkpoint("latest", out) == folder
-    assert not os.path.exists(os.path.join(out, "model.safetensors"))
+    check_sigterm_saves_then_exits_143([sys.executable, *args(text_run, out, "--max-steps", "500", "--save-steps", "2",
+                                                              "--save-total-limit", "0")], out, tmp_path / "log")
 
 
 def test_non_finite_steps_are_skipped_and_the_run_stops_after_max_bad_steps(text_run, tmp_path, capsys):

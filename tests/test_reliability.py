@@ -27,9 +27,9 @@ from transformers import get_linear_schedule_with_warmup
 import train
 from cli_config import parse_config
 from data.examples import DataError, load_examples
-from tests.helpers import REPO, TORCHRUN, alive, kill_tree, subprocess_env, torchrun, train_args
+from tests.helpers import (REPO, TORCHRUN, alive, check_sigterm_saves_then_exits_143, kill_tree, subprocess_env,
+                           torchrun, train_args, wait_for)
 from training.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint
-from training.step_guard import SIGTERM_EXIT_CODE
 
 ENV = subprocess_env()
 BAD_ROW = {"query": "bad row here", "pos": ["x y z"], "neg": ["a b", "c d", "e f"],
@@ -345,35 +345,10 @@ def test_latest_refuses_when_no_checkpoint_is_intact(checkpoints):
 
 
 # ---------------------------------------------------------------- 6. SIGTERM and stalled ranks
-def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            kill_tree(proc) if proc.poll() is None else None
-            raise AssertionError(f"{what} did not happen (exit code {proc.returncode})")
-        time.sleep(0.05)
-
-
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_exits_143(tiny_run, tmp_path):
     out = str(tmp_path / "out")
-    log = open(tmp_path / "log.txt", "w+")
-    proc = subprocess.Popen([sys.executable, "train.py", *train_args(*tiny_run, out, "--max-steps", "500",
-                                                                     "--save-steps", "2", "--save-total-limit", "0")],
-                            cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: complete_checkpoints(out), proc, "a first checkpoint")  # the training loop is running
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    log.seek(0)
-    text = log.read()
-    assert code == SIGTERM_EXIT_CODE, text[-3000:]
-    step, folder = complete_checkpoints(out)[-1]
-    assert f"SIGTERM: stopped after step {step}; saved {folder}" in text
-    assert find_checkpoint("latest", out) == folder  # complete, manifest intact
-    assert not os.path.exists(os.path.join(out, "model.safetensors"))  # not mistaken for a finished run
+    check_sigterm_saves_then_exits_143([sys.executable, "train.py", *train_args(
+        *tiny_run, out, "--max-steps", "500", "--save-steps", "2", "--save-total-limit", "0")], out, tmp_path / "log")
 
 
 @pytest.mark.multiprocess
