@@ -207,11 +207,11 @@ def pretrain_command(arm: str, seed: int, args, texts: Path, folder: Path) -> li
         call = f"random_init({args.config!r}, {args.tokenizer!r}, {seed}, {args.max_len}, {str(folder)!r})"
         return [sys.executable, "-c", f"from benchmarks.retromae_experiment import random_init; {call}"]
     return [sys.executable, "pretrain.py", "--model", args.tokenizer, "--from-config", args.config, "--train-data",
-            str(texts), "--objective", arm, "--max-len", str(args.max_len), "--max-steps", str(steps(args, arm)),
-            *args.pretrain_args.split(), "--seed", str(seed), "--output-dir", str(folder), "--overwrite-output-dir"]
+            str(texts), "--objective", arm, "--max-len", str(args.max_len),
+            "--max-steps", str(pretrain_steps(args, arm)), *args.pretrain_args.split(), "--seed", str(seed), "--output-dir", str(folder), "--overwrite-output-dir"]
 
 
-def steps(args, arm: str) -> int:
+def pretrain_steps(args, arm: str) -> int:
     """Pretraining optimizer steps of ARM (mlm or retromae)."""
     return args.mlm_steps if arm == "mlm" else args.retromae_steps
 
@@ -236,8 +236,8 @@ def plan(args, out: Path, texts: Path, scifact: Path) -> list[dict]:
     for seed in args.seeds:
         for arm in ARMS:
             run = out / f"{arm}-seed{seed}"
-            pretrain = ESTIMATE["none init"] if arm == "none" else (ESTIMATE["pretrain start"]
-                                                                    + steps(args, arm) * ESTIMATE[f"{arm} step"])
+            pretrain = (ESTIMATE["none init"] if arm == "none" else
+                        ESTIMATE["pretrain start"] + pretrain_steps(args, arm) * ESTIMATE[f"{arm} step"])
             steps += [
                 {"run": run, "step": "pretrain", "estimate": pretrain,
                  "command": pretrain_command(arm, seed, args, texts, run / "pretrained")},
@@ -270,7 +270,8 @@ def print_plan(steps: list[dict], args) -> None:
         n, t = by_kind.get(kind, (0, 0.0))
         by_kind[kind] = (n + 1, t + s["estimate"])
     print(f"plan: arms {', '.join(ARMS)} × seeds {' '.join(map(str, args.seeds))}: pretraining {args.mlm_steps} MLM / "
-          f"{args.retromae_steps} RetroMAE steps, fine-tune {args.finetune_steps} steps, SciFact {args.scifact_docs or 5183:,} documents; "
+          f"{args.retromae_steps} RetroMAE steps, fine-tune {args.finetune_steps} steps, SciFact "
+          f"{args.scifact_docs or 5183:,} documents; "
           f"{len(steps) - len(todo)} of {len(steps)} steps already done", flush=True)
     for kind, (n, t) in by_kind.items():
         print(f"  {n} × {kind}: ~{t / n:.0f} s each", flush=True)
@@ -469,8 +470,8 @@ def plot(runs: dict, path: Path, settings: dict) -> None:
         ax.set_title(f"test {title}")
         ax.legend(fontsize=8)
     fig.suptitle(f"A small BERT from random weights ({Path(settings['config']).name}): {settings['mlm_steps']} MLM "
-                 f"/ {settings['retromae_steps']} RetroMAE pretraining steps (equal compute), then the same {settings['finetune_steps']}-step fine-tune; mean ± std "
-                 "over seeds, each seed a dot", fontsize=8)
+                 f"/ {settings['retromae_steps']} RetroMAE pretraining steps (equal compute), then the same "
+                 f"{settings['finetune_steps']}-step fine-tune; mean ± std over seeds, each seed a dot", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
