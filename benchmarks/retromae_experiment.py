@@ -208,7 +208,8 @@ def pretrain_command(arm: str, seed: int, args, texts: Path, folder: Path) -> li
         return [sys.executable, "-c", f"from benchmarks.retromae_experiment import random_init; {call}"]
     return [sys.executable, "pretrain.py", "--model", args.tokenizer, "--from-config", args.config, "--train-data",
             str(texts), "--objective", arm, "--max-len", str(args.max_len),
-            "--max-steps", str(pretrain_steps(args, arm)), *args.pretrain_args.split(), "--seed", str(seed), "--output-dir", str(folder), "--overwrite-output-dir"]
+            "--max-steps", str(pretrain_steps(args, arm)), *args.pretrain_args.split(), "--seed", str(seed),
+            "--output-dir", str(folder), "--overwrite-output-dir"]
 
 
 def pretrain_steps(args, arm: str) -> int:
