@@ -537,9 +537,9 @@ def test_every_script_and_benchmark_runs_as_a_module_from_the_repository_root(mo
 
     from tests.helpers import REPO
 
+    imported_only = ("__init__", "machine", "collectives", "recorded_runs", "_repo_root")
     names = sorted(f"{folder}.{p.stem}" for folder in ("scripts", "benchmarks")
-                   for p in (REPO / folder).glob("*.py")
-                   if p.stem not in ("__init__", "machine", "collectives", "_repo_root"))  # those are imported only
+                   for p in (REPO / folder).glob("*.py") if p.stem not in imported_only)
     assert "scripts.mine_hard_negatives" in names and "benchmarks.bench_padding" in names  # the glob found them
     for name in names:
         monkeypatch.setattr("sys.argv", [name, "--help"])
