@@ -195,7 +195,8 @@ def run_arm(args, arm: str, result: str) -> list[dict]:
              "--layers": args.layers, "--vocab": args.vocab}
     worker = ["-m", "benchmarks.bench_zero", "--worker", arm, "--result", result, "--chunks", *map(str, args.chunks),
               *[str(x) for item in sizes.items() for x in item]]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    # the fault handler: a worker that aborts prints every thread's Python stack (an arm once ended in SIGABRT)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"}
     if args.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                *worker]

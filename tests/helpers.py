@@ -183,8 +183,11 @@ def losses(out: str) -> list[float]:
 
 # ---------------------------------------------------------------- several processes
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for test subprocesses: offline, one thread per process (2 processes share 2 cores)."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    """Environment for test subprocesses: offline, one thread per process (2 processes share 2 cores), and Python's
+    fault handler on, so a process that aborts (SIGABRT: a rare "terminate called without an active exception" in
+    2-process ZeRO-3 runs, seen twice and not reproduced in 8 launches) prints every thread's Python stack."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONFAULTHANDLER": "1", **extra}
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
