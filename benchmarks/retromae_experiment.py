@@ -471,7 +471,7 @@ def plot(runs: dict, path: Path, settings: dict) -> None:
         ax.set_title(f"test {title}")
         ax.legend(fontsize=8)
     fig.suptitle(f"A small BERT from random weights ({Path(settings['config']).name}): {settings['mlm_steps']} MLM "
-                 f"/ {settings['retromae_steps']} RetroMAE pretraining steps (equal compute), then the same "
+                 f"/ {settings['retromae_steps']} RetroMAE pretraining steps (equal compute),\nthen the same "
                  f"{settings['finetune_steps']}-step fine-tune; mean ± std over seeds, each seed a dot", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
