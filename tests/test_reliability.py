@@ -428,6 +428,7 @@ def test_a_file_renamed_by_another_process_during_the_umask_pass_is_skipped(tmp_
         folders.apply_umask(str(tmp_path))
 
 
+@pytest.mark.multiprocess
 def test_a_process_that_fails_a_save_leaves_the_partial_folder_until_every_process_has_finished(tmp_path):
     """2 processes: rank 1 fails its part of a checkpoint at once, rank 0 is still writing. The partial folder must
     stay until both have reached the agreement (else rank 0 fails on a vanished folder, as in CI, and the error the
