@@ -130,5 +130,13 @@ def test_every_arm_gets_the_same_fine_tune_command_and_evaluation(tmp_path):
     assert finetune[finetune.index("--seed") + 1] == "0" and finetune[finetune.index("--model") + 1] == "RUN/pretrained"
     pretrain = {s["run"].name: s["command"] for s in steps if s["step"] == "pretrain" and "seed1" in s["run"].name}
     assert pretrain["mlm-seed1"][pretrain["mlm-seed1"].index("--objective") + 1] == "mlm"
-    strip = [a for a in pretrain["retromae-seed1"] if a not in ("retromae", "mlm")]  # equal steps, batch, lr, seed
-    assert strip == [a.replace("mlm-seed1", "retromae-seed1") for a in pretrain["mlm-seed1"] if a != "mlm"]
+    steps = {arm: int(c[c.index("--max-steps") + 1]) for arm, c in pretrain.items() if "--max-steps" in c}
+    assert steps == {"mlm-seed1": args.mlm_steps, "retromae-seed1": args.retromae_steps}  # equal compute: 320 vs 100
+    assert args.mlm_steps > args.retromae_steps
+
+    def without_objective_and_steps(command):
+        return [a for i, a in enumerate(command) if a not in ("retromae", "mlm") and command[i - 1] != "--max-steps"]
+
+    # otherwise the same command: batch, lr, schedule, seed, data, model
+    assert without_objective_and_steps(pretrain["retromae-seed1"]) == [
+        a.replace("mlm-seed1", "retromae-seed1") for a in without_objective_and_steps(pretrain["mlm-seed1"])]
