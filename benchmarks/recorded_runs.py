@@ -1,6 +1,7 @@
-"""What the multi-run experiments (matryoshka_curve.py, retromae_experiment.py) share: a step run once and recorded
-(its exact command, wall time and load average, so a rerun continues where a stopped one ended), a fixed SciFact
-corpus subset, and the mean ± std over seeds."""
+"""What the multi-run experiments (matryoshka_curve.py, retromae_experiment.py) share: the output folder claimed
+before anything is written (storage/folders.py's rule), a step run once and recorded (its exact command, wall time and
+load average, so a rerun continues where a stopped one ended), a fixed SciFact corpus subset, and the mean ± std over
+seeds."""
 from __future__ import annotations
 
 import datetime
@@ -8,13 +9,35 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from storage.folders import MARKER, listing, read_marker
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SCIFACT = SHARED / "retrieval" / "scifact"
+
+
+def claim_output_dir(out: Path, tool: str, own: Callable[[str], bool]) -> None:
+    """Before anything is written: SystemExit unless OUT is absent, empty, or this runner's own folder — its
+    .written_by.json names TOOL and every entry is one this runner writes (`own(name)`), so a rerun continues there.
+    A folder of anything else (a user's files, another tool's output) is refused, nothing in it touched; a claimed
+    folder gets the marker. (The runner adds entries run by run, so the marker names the tool, not a list.)"""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise SystemExit(f"--output-dir {out}: exists and is not a folder; it is left as it is. Choose another "
+                             "path")
+        entries = set(os.listdir(out)) - {MARKER}
+        strangers = sorted(n for n in entries if not own(n))
+        if entries and ((read_marker(str(out)) or {}).get("tool") != tool or strangers):
+            raise SystemExit(f"--output-dir {out}: is a folder that {tool} did not write ({listing(str(out))}"
+                             + (f"; not its own: {', '.join(strangers[:3])}" if strangers else "")
+                             + "); nothing in it is deleted or overwritten. Choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"tool": tool}) + "\n", encoding="utf-8")
 
 
 def run_once(command: list[str], out: Path, name: str) -> dict:

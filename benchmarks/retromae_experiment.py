@@ -43,11 +43,12 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.recorded_runs import ROOT, SCIFACT, SHARED, mean_std, run_once, scifact_subset
+from benchmarks.recorded_runs import ROOT, SCIFACT, SHARED, claim_output_dir, mean_std, run_once, scifact_subset
 
 CONFIG = ROOT / "configs" / "experiments" / "small-bert-4l-256.json"
 KORNLI_TRIPLETS = SHARED / "train" / "kornli-triplets.jsonl"
@@ -64,6 +65,9 @@ PRETRAIN_ARGS = "--batch-size 32 --lr 5e-4 --warmup-ratio 0.1 --log-steps 10 --r
 FINETUNE_ARGS = ("--loss infonce --batch-size 16 --group-size 2 --lr 5e-4 --warmup-ratio 0.1 --query-max-len 64 "
                  "--passage-max-len 64 --log-steps 10 --report-to none")
 MARKS = ("<!-- retromae-experiment:start -->", "<!-- retromae-experiment:end -->")
+# what this runner writes under OUTPUT_DIR (claim_output_dir refuses a folder holding anything else)
+OWN_ENTRIES = re.compile(r"(none|mlm|retromae)-seed\d+|scifact-\d+docs|settings\.json|results\.json"
+                         r"|pretraining-texts\.(txt|json|partial)")
 # rough seconds per unit on one core of the shared 2-core CPU at the default sizes (smoke runs, benchmarks/README.md):
 # only for the plan printed at the start
 ESTIMATE = {"none init": 10, "pretrain start": 20, "mlm step": 1.0, "retromae step": 3.2, "fine-tune start": 9,
@@ -290,6 +294,7 @@ def main(argv=None):
     if not args.report_only:
         from benchmarks.machine import describe_machine
 
+        claim_output_dir(out, "benchmarks.retromae_experiment", OWN_ENTRIES.fullmatch)
         start = time.time()
         texts = write_pretraining_texts(out)
         (out / "settings.json").write_text(json.dumps({"settings": vars(args), "machine": describe_machine()},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import retromae_experiment as rx
-from benchmarks.recorded_runs import run_once
+from benchmarks.recorded_runs import claim_output_dir, run_once
 from tests.helpers import needs_data
 
 EVALUATION = {"queries": {"a claim about cells"}, "sts test": {"한 남자가 먹고 있다."}}
@@ -140,3 +140,34 @@ def test_every_arm_gets_the_same_fine_tune_command_and_evaluation(tmp_path):
     # otherwise the same command: batch, lr, schedule, seed, data, model
     assert without_objective_and_steps(pretrain["retromae-seed1"]) == [
         a.replace("mlm-seed1", "retromae-seed1") for a in without_objective_and_steps(pretrain["mlm-seed1"])]
+
+
+# ---------------------------------------------------------------- the output folder
+def test_the_output_folder_is_claimed_only_when_new_empty_or_this_runners_own(tmp_path):
+    """A user's folder (no marker, or a stranger beside the runner's entries) is refused with nothing touched; a new
+    or empty folder is claimed (marker written); the runner's own folder is taken again, so a rerun continues."""
+    own = rx.OWN_ENTRIES.fullmatch
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"did not write .*notes\.txt.*nothing in it is deleted"):
+        claim_output_dir(users, "benchmarks.retromae_experiment", own)
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]  # untouched, no marker added
+
+    ours = tmp_path / "ours"
+    claim_output_dir(ours, "benchmarks.retromae_experiment", own)  # new: made and marked
+    (ours / "mlm-seed0").mkdir()
+    (ours / "settings.json").write_text("{}")
+    claim_output_dir(ours, "benchmarks.retromae_experiment", own)  # its own entries: a rerun continues there
+    with pytest.raises(SystemExit, match="did not write"):  # another runner's marker is not this one's
+        claim_output_dir(ours, "benchmarks.matryoshka_curve", own)
+    (ours / "thesis.pdf").write_text("x")  # something the user put in it
+    with pytest.raises(SystemExit, match=r"not its own: thesis\.pdf"):
+        claim_output_dir(ours, "benchmarks.retromae_experiment", own)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit, match="is not a folder"):
+        claim_output_dir(tmp_path / "a-file", "benchmarks.retromae_experiment", own)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_output_dir(empty, "benchmarks.retromae_experiment", own)
+    assert (empty / ".written_by.json").is_file()
